@@ -1,0 +1,159 @@
+//! Configuration of a log. Units are in the field names or doc comments.
+
+use std::time::Duration;
+
+/// When appended data is forced to disk with `fdatasync`, and therefore when an append is
+/// acknowledged. In every policy an append's future resolves only after its batch has been
+/// written; with any policy other than `Never` it also waits for the `fdatasync` that covers it.
+/// Readers see a record only once it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every group-commit round: all appends that queued up while the
+    /// previous round was on disk share one `fdatasync`.
+    Always,
+    /// At most one `fdatasync` per interval: appends wait up to the interval for it. Trades
+    /// acknowledgement latency for fewer `fdatasync` calls.
+    Interval(Duration),
+    /// `fdatasync` once this many bytes are unsynced, or when no further append is queued
+    /// (so an idle writer never leaves an append waiting).
+    Bytes(u64),
+    /// Never `fdatasync` on the append path; acknowledged once in the page cache. A machine
+    /// crash can lose acknowledged data. Segment rolls and shutdown still sync.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    /// Parses `always`, `never`, `5ms`/`1s` (an interval), or `1MiB`/`65536b` style byte counts
+    /// (`b`, `kib`, `mib`, `gib`; case-insensitive).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "always" => return Ok(FsyncPolicy::Always),
+            "never" => return Ok(FsyncPolicy::Never),
+            _ => {}
+        }
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("fsync policy {s:?} needs a unit (ms, s, b, kib, mib, gib)"))?;
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("fsync policy {s:?}: {num:?} is not a number"))?;
+        if n == 0 {
+            return Err(format!("fsync policy {s:?}: use `always` instead of zero"));
+        }
+        match unit {
+            "ms" => Ok(FsyncPolicy::Interval(Duration::from_millis(n))),
+            "s" => Ok(FsyncPolicy::Interval(Duration::from_secs(n))),
+            "b" => Ok(FsyncPolicy::Bytes(n)),
+            "kib" | "kb" => Ok(FsyncPolicy::Bytes(n * 1024)),
+            "mib" | "mb" => Ok(FsyncPolicy::Bytes(n * 1024 * 1024)),
+            "gib" | "gb" => Ok(FsyncPolicy::Bytes(n * 1024 * 1024 * 1024)),
+            _ => Err(format!(
+                "fsync policy {s:?}: unknown unit {unit:?}; expected always, never, <n>ms, <n>s or <n>b/kib/mib/gib"
+            )),
+        }
+    }
+}
+
+/// Which system-call path writes segment data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackendKind {
+    /// io_uring if the kernel allows it, otherwise `pwritev` + `fdatasync` (logged once).
+    Auto,
+    /// io_uring; opening the log fails if it is unavailable.
+    IoUring,
+    /// `pwritev` + `fdatasync` system calls.
+    Pwrite,
+}
+
+/// Settings of one log (all its partitions share them).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub fsync: FsyncPolicy,
+    pub io_backend: IoBackendKind,
+    /// A segment is rolled once it holds at least this many bytes. Also the preallocation size.
+    /// At least 4 KiB and at most 1 GiB (index entries store 32-bit positions).
+    pub segment_bytes: u64,
+    /// A non-empty segment is rolled once its first record is older than this.
+    pub segment_max_age: Duration,
+    /// Whole segments are deleted while the partition holds more than this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Whole segments are deleted once their newest record is older than this.
+    pub retention_age: Option<Duration>,
+    /// One offset-index and time-index entry per this many bytes of batches.
+    pub index_interval_bytes: u32,
+    /// Largest accepted batch, in bytes, header included.
+    pub max_batch_bytes: usize,
+    /// Reserve each new segment's space with `fallocate` (skipped where unsupported).
+    pub preallocate: bool,
+    /// On open, truncate a partition at mid-log corruption instead of refusing to open.
+    pub repair: bool,
+    /// Most bytes one group-commit round gathers before it writes.
+    pub max_round_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
+            io_backend: IoBackendKind::Auto,
+            segment_bytes: 128 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(6 * 3600),
+            retention_bytes: None,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            index_interval_bytes: 4096,
+            max_batch_bytes: 16 * 1024 * 1024,
+            preallocate: true,
+            repair: false,
+            max_round_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the bounds documented on each field.
+    pub fn validate(&self) -> Result<(), crate::LogError> {
+        let bad = |m: String| Err(crate::LogError::Config(m));
+        if !(4096..=1 << 30).contains(&self.segment_bytes) {
+            return bad(format!(
+                "segment_bytes = {} must be between 4096 and 1073741824",
+                self.segment_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return bad("index_interval_bytes must be at least 1".into());
+        }
+        if self.max_batch_bytes < crate::batch::HEADER_LEN + 16 || self.max_batch_bytes > 1 << 30 {
+            return bad(format!(
+                "max_batch_bytes = {} must be between 64 and 1073741824",
+                self.max_batch_bytes
+            ));
+        }
+        if self.segment_max_age.is_zero() {
+            return bad("segment_max_age must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies_parse_from_config_strings() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("NEVER".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            "5ms".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(5)))
+        );
+        assert_eq!("1MiB".parse(), Ok(FsyncPolicy::Bytes(1 << 20)));
+        assert!("5".parse::<FsyncPolicy>().is_err());
+        assert!("0ms".parse::<FsyncPolicy>().is_err());
+        assert!("5parsecs".parse::<FsyncPolicy>().is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! `axle-log` is Axle's segmented write-ahead log. It owns partitions of records on disk:
+//! the record-batch format with CRC32, segment files with sparse offset and time indexes,
+//! the group-commit append path on io_uring (with a `pwritev` + `fdatasync` fallback),
+//! durability policies, recovery of torn tails, retention, and readers that follow the tail.
+//! It must not know about MQTT, topics, sessions or streams: to this crate a partition is a
+//! named directory of records with keys, values and headers, and nothing more.
+//!
+//! ```no_run
+//! # async fn demo() -> axle_log::Result<()> {
+//! use axle_log::{Log, LogConfig, Record};
+//! let log = Log::open("./data/log", LogConfig::default())?;
+//! let p = log.partition("telemetry-0")?;
+//! let at = p.append(&[Record::new("hello")]).await?; // durable under the fsync policy
+//! let back = p.read(at.base_offset, 10, 1 << 20)?;
+//! assert_eq!(&back[0].value[..], b"hello");
+//! log.close()?;
+//! # Ok(()) }
+//! ```
+
+mod batch;
+mod config;
+mod error;
+mod index;
+mod io;
+mod partition;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+pub use batch::{BatchDefect, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN};
+pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
+pub use error::{LogError, Result};
+pub use partition::Bounds;
+pub use reader::TailReader;
+pub use record::{now_ms, Header, Record, StoredRecord};
+pub use recovery::RecoveryReport;
+pub use writer::Appended;
+
+use partition::PartitionShared;
+use writer::{Command, Writer};
+
+/// A log: a directory of partitions sharing one writer thread and one configuration.
+/// Cloning is cheap; the writer stops at [`Log::close`] or when every handle is dropped.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    dir: PathBuf,
+    config: Arc<LogConfig>,
+    tx: Sender<Command>,
+    partitions: Mutex<HashMap<String, Partition>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    backend: &'static str,
+    reports: Mutex<HashMap<String, RecoveryReport>>,
+    /// Held while the writer runs; released by `close` so the directory can be reopened.
+    lock: Mutex<Option<fs::File>>,
+}
+
+/// A handle to one partition: append, read, follow. Cheap to clone.
+#[derive(Clone)]
+pub struct Partition {
+    shared: Arc<PartitionShared>,
+    index: usize,
+    tx: Sender<Command>,
+    max_batch: usize,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl Log {
+    /// Opens the log in `dir` (created if missing), recovering every partition in it, and
+    /// starts the writer thread. Fails if another process holds the directory.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| LogError::io(&lock_path, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(LogError::Config(format!(
+                "{} is in use by another process (lock held on {})",
+                dir.display(),
+                lock_path.display()
+            )));
+        }
+        let backend = io::select(config.io_backend)?;
+        let backend_name = backend.name();
+        let config = Arc::new(config);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| LogError::io(&dir, e))? {
+            let entry = entry.map_err(|e| LogError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if entry.path().is_dir() && valid_name(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let mut writers = Vec::new();
+        let mut reports = HashMap::new();
+        for name in &names {
+            let (w, report) = recovery::open_partition(&dir.join(name), name, &config)?;
+            log_report(name, &report);
+            reports.insert(name.clone(), report);
+            writers.push(w);
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut partitions = HashMap::new();
+        for (i, w) in writers.iter().enumerate() {
+            partitions.insert(
+                w.shared.name.clone(),
+                Partition {
+                    shared: w.shared.clone(),
+                    index: i,
+                    tx: tx.clone(),
+                    max_batch: config.max_batch_bytes,
+                },
+            );
+        }
+        let writer = Writer::new(rx, backend, config.clone(), writers);
+        let thread = std::thread::Builder::new()
+            .name("axle-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| LogError::io(&dir, e))?;
+        tracing::info!(dir = %dir.display(), backend = backend_name, partitions = names.len(), "log opened");
+        Ok(Log {
+            inner: Arc::new(LogInner {
+                dir,
+                config,
+                tx,
+                partitions: Mutex::new(partitions),
+                thread: Mutex::new(Some(thread)),
+                backend: backend_name,
+                reports: Mutex::new(reports),
+                lock: Mutex::new(Some(lock)),
+            }),
+        })
+    }
+
+    /// The partition named `name`, created if it does not exist.
+    pub fn partition(&self, name: &str) -> Result<Partition> {
+        if !valid_name(name) {
+            return Err(LogError::InvalidPartitionName(name.to_string()));
+        }
+        let mut parts = self.inner.partitions.lock();
+        if let Some(p) = parts.get(name) {
+            return Ok(p.clone());
+        }
+        let (w, report) =
+            recovery::open_partition(&self.inner.dir.join(name), name, &self.inner.config)?;
+        let shared = w.shared.clone();
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .tx
+            .send(Command::AddPartition {
+                writer: Box::new(w),
+                reply,
+            })
+            .map_err(|_| LogError::Closed)?;
+        let index = rx.recv().map_err(|_| LogError::Closed)?;
+        self.inner.reports.lock().insert(name.to_string(), report);
+        let p = Partition {
+            shared,
+            index,
+            tx: self.inner.tx.clone(),
+            max_batch: self.inner.config.max_batch_bytes,
+        };
+        parts.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// The partition named `name` if it exists.
+    pub fn get(&self, name: &str) -> Option<Partition> {
+        self.inner.partitions.lock().get(name).cloned()
+    }
+
+    /// Names of all partitions, sorted.
+    pub fn partition_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.partitions.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// What recovery found when each partition was opened.
+    pub fn recovery_report(&self, name: &str) -> Option<RecoveryReport> {
+        self.inner.reports.lock().get(name).cloned()
+    }
+
+    /// `"io_uring"` or `"pwritev"`.
+    pub fn io_backend(&self) -> &'static str {
+        self.inner.backend
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// Forces an `fdatasync` of everything written and acknowledges it.
+    pub fn flush(&self) -> Result<()> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .tx
+            .send(Command::Flush { reply })
+            .map_err(|_| LogError::Closed)?;
+        rx.recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Applies the retention limits now; returns how many segments were deleted.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.inner
+            .tx
+            .send(Command::Retention { reply })
+            .map_err(|_| LogError::Closed)?;
+        rx.recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Flushes, writes indexes and a clean checkpoint, and stops the writer. Appends after
+    /// this fail with `Closed`. Calling it twice is harmless.
+    pub fn close(&self) -> Result<()> {
+        let Some(thread) = self.inner.thread.lock().take() else {
+            return Ok(());
+        };
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let result = match self.inner.tx.send(Command::Shutdown { reply }) {
+            Ok(()) => rx.recv().unwrap_or(Err(LogError::Closed)),
+            Err(_) => Err(LogError::Closed),
+        };
+        let _ = thread.join();
+        self.inner.lock.lock().take();
+        result
+    }
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.lock().take() {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            if self.tx.send(Command::Shutdown { reply }).is_ok() {
+                let _ = rx.recv();
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+fn log_report(name: &str, r: &RecoveryReport) {
+    if r.clean {
+        tracing::info!(
+            partition = name,
+            "clean shutdown detected; no recovery needed"
+        );
+    } else {
+        tracing::info!(
+            partition = name,
+            bytes_scanned = r.bytes_scanned,
+            bytes_truncated = r.bytes_truncated,
+            indexes_rebuilt = r.indexes_rebuilt,
+            segments_removed = r.segments_removed,
+            "recovered partition"
+        );
+    }
+}
+
+impl Partition {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn submit(&self, records: &[Record]) -> Result<oneshot::Receiver<Result<Appended>>> {
+        if records.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        let batch = EncodedBatch::encode(records);
+        if batch.len() > self.max_batch {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                max: self.max_batch,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                partition: self.index,
+                batch,
+                reply,
+            })
+            .map_err(|_| LogError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Appends `records` as one batch. Resolves once the batch is durable under the fsync
+    /// policy (and visible to readers), with the offsets it got.
+    pub async fn append(&self, records: &[Record]) -> Result<Appended> {
+        let rx = self.submit(records)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`Partition::append`] for threads outside an async runtime.
+    pub fn append_blocking(&self, records: &[Record]) -> Result<Appended> {
+        let rx = self.submit(records)?;
+        futures::executor::block_on(rx).map_err(|_| LogError::Closed)?
+    }
+
+    /// Records from `offset` on; see [`Bounds`] for the readable range. At most `max_records`
+    /// records, and stops once keys and values reach `max_bytes` (at least one is returned).
+    pub fn read(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        self.shared.read(offset, max_records, max_bytes)
+    }
+
+    /// The first offset with a timestamp `>= ts_ms` (ms since the Unix epoch), if any.
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<u64>> {
+        self.shared.offset_for_timestamp(ts_ms)
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        self.shared.bounds()
+    }
+
+    /// A reader that follows the partition from `from`.
+    pub fn tail(&self, from: u64) -> TailReader {
+        TailReader::new(self.clone(), from)
+    }
+
+    /// Sets the leader epoch stamped on later batches.
+    pub fn set_leader_epoch(&self, epoch: u32) -> Result<()> {
+        self.tx
+            .send(Command::SetEpoch {
+                partition: self.index,
+                epoch,
+            })
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// Bytes of readable data.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.segment_count()
+    }
+
+    /// A future that resolves once the partition's end moves past `offset`.
+    pub async fn wait_past(&self, offset: u64) -> Result<()> {
+        let mut rx = self.shared.subscribe();
+        loop {
+            if *rx.borrow_and_update() > offset {
+                return Ok(());
+            }
+            if self.shared.is_closed() {
+                return Err(LogError::Closed);
+            }
+            rx.changed().await.map_err(|_| LogError::Closed)?;
+        }
+    }
+}

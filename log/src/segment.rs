@@ -1,0 +1,374 @@
+//! One segment file: `<base offset, 20 digits>.log` plus its two index files.
+//!
+//! Invariants:
+//! - Batches are contiguous from byte 0; the first batch's base offset is the segment's base.
+//! - `committed_len` bytes (and `committed_next` offsets) are durable under the fsync policy
+//!   and visible to readers; bytes past it may be in flight and are never read.
+//! - The file may be longer than its data: space reserved with `fallocate` reads as zeros.
+//!   A closed segment is truncated to its data length.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use crate::batch::{self, BatchDefect, BatchHeader, HEADER_LEN, MAGIC, MAGIC_POS};
+use crate::error::{LogError, Result};
+use crate::index::SegmentIndex;
+
+/// File name of the segment whose first offset is `base`.
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// Parses a segment file name back to its base offset.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// A segment shared by the writer (appends at its tail) and by readers.
+#[derive(Debug)]
+pub struct Segment {
+    pub base_offset: u64,
+    pub path: PathBuf,
+    pub file: File,
+    pub index: RwLock<SegmentIndex>,
+    committed_len: AtomicU64,
+    committed_next: AtomicU64,
+    /// Set once the segment is deleted by retention; readers holding it may still finish.
+    pub deleted: AtomicBool,
+}
+
+impl Segment {
+    /// Creates a new, empty segment file and reserves `prealloc` bytes if asked.
+    /// Returns the segment and whether the reservation succeeded.
+    pub fn create(
+        dir: &Path,
+        base: u64,
+        interval: u32,
+        prealloc: Option<u64>,
+    ) -> Result<(Segment, bool)> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| LogError::io(&path, e))?;
+        let mut preallocated = false;
+        if let Some(len) = prealloc {
+            // SAFETY: fallocate on a valid, owned file descriptor.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+            if rc == 0 {
+                preallocated = true;
+            } else {
+                let err = std::io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {}
+                    _ => {
+                        drop(file);
+                        let _ = std::fs::remove_file(&path);
+                        return Err(LogError::io(&path, err));
+                    }
+                }
+            }
+        }
+        sync_dir(dir)?;
+        Ok((
+            Segment::from_parts(base, path, file, SegmentIndex::new(interval), 0, base),
+            preallocated,
+        ))
+    }
+
+    /// Opens an existing segment file for reading and appending.
+    pub fn open_file(path: &Path) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| LogError::io(path, e))
+    }
+
+    pub fn from_parts(
+        base: u64,
+        path: PathBuf,
+        file: File,
+        index: SegmentIndex,
+        len: u64,
+        next: u64,
+    ) -> Segment {
+        Segment {
+            base_offset: base,
+            path,
+            file,
+            index: RwLock::new(index),
+            committed_len: AtomicU64::new(len),
+            committed_next: AtomicU64::new(next),
+            deleted: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes of data readers may see.
+    pub fn committed_len(&self) -> u64 {
+        self.committed_len.load(Ordering::Acquire)
+    }
+
+    /// Offset one past the last record readers may see in this segment.
+    pub fn committed_next(&self) -> u64 {
+        self.committed_next.load(Ordering::Acquire)
+    }
+
+    /// Publishes data up to `len` bytes and `next` offset to readers.
+    pub fn commit(&self, len: u64, next: u64) {
+        self.committed_len.store(len, Ordering::Release);
+        self.committed_next.store(next, Ordering::Release);
+    }
+
+    /// Reads up to `len` bytes at `pos`, never past `committed_len`.
+    pub fn read_committed(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let limit = self.committed_len();
+        if pos >= limit {
+            return Ok(Bytes::new());
+        }
+        let len = len.min((limit - pos) as usize);
+        read_exact_at(&self.file, &self.path, pos, len)
+    }
+
+    /// Reads the batch header at `pos`, and the whole batch if `whole`, verifying its CRC.
+    pub fn read_batch(&self, pos: u64, max_batch: usize) -> Result<(BatchHeader, Bytes)> {
+        let head = self.read_committed(pos, HEADER_LEN)?;
+        let header = BatchHeader::parse(&head, max_batch).map_err(|d| self.corrupt(pos, d))?;
+        let data = self.read_committed(pos, header.length as usize)?;
+        batch::verify(&data, max_batch).map_err(|d| self.corrupt(pos, d))?;
+        Ok((header, data))
+    }
+
+    pub fn corrupt(&self, position: u64, defect: BatchDefect) -> LogError {
+        LogError::CorruptBatch {
+            path: self.path.clone(),
+            position,
+            reason: defect.to_string(),
+        }
+    }
+}
+
+/// Reads exactly `len` bytes (fewer only at end of file).
+pub fn read_exact_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(LogError::io(path, e)),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf.freeze())
+}
+
+/// Fsyncs a directory so that file creations, renames and deletions in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+/// Where a scan of a segment stopped.
+#[derive(Debug)]
+pub enum ScanStop {
+    /// End of the file, or a region that holds no batch at all (zeros from preallocation).
+    End,
+    /// A damaged batch at `position`.
+    Defect { defect: BatchDefect },
+}
+
+/// Outcome of scanning a segment during recovery.
+#[derive(Debug)]
+pub struct ScanResult {
+    /// Byte length of the valid batches.
+    pub valid_len: u64,
+    /// Offset after the last valid record.
+    pub next_offset: u64,
+    pub stop: ScanStop,
+}
+
+/// Scans batches from `from_pos` (a batch boundary whose batch should have base offset
+/// `expected_offset`) to the first invalid byte, or to `until` bytes, feeding `index`. With
+/// `verify_crc` every batch's CRC is checked; without it only headers are parsed (used below a
+/// checkpoint).
+#[allow(clippy::too_many_arguments)]
+pub fn scan(
+    file: &File,
+    path: &Path,
+    base: u64,
+    from_pos: u64,
+    expected_offset: u64,
+    index: &mut SegmentIndex,
+    verify_crc: bool,
+    max_batch: usize,
+    until: u64,
+) -> Result<ScanResult> {
+    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut pos = from_pos;
+    let mut next = expected_offset;
+    const CHUNK: usize = 1 << 20;
+    let mut window_start = pos;
+    let mut window = Bytes::new();
+    loop {
+        if pos >= file_len || pos >= until {
+            return Ok(ScanResult {
+                valid_len: pos,
+                next_offset: next,
+                stop: ScanStop::End,
+            });
+        }
+        // Make sure the window holds the header at `pos`.
+        if pos + HEADER_LEN as u64 > window_start + window.len() as u64 {
+            window_start = pos;
+            window = read_exact_at(file, path, pos, CHUNK.min((file_len - pos) as usize))?;
+        }
+        let at = (pos - window_start) as usize;
+        let head = &window[at..];
+        if head.len() >= HEADER_LEN && head[..HEADER_LEN].iter().all(|b| *b == 0) {
+            return Ok(ScanResult {
+                valid_len: pos,
+                next_offset: next,
+                stop: ScanStop::End,
+            });
+        }
+        let header = match BatchHeader::parse(head, max_batch) {
+            Ok(h) => h,
+            Err(defect) => {
+                return Ok(ScanResult {
+                    valid_len: pos,
+                    next_offset: next,
+                    stop: ScanStop::Defect { defect },
+                });
+            }
+        };
+        let len = header.length as usize;
+        if verify_crc {
+            if at + len > window.len() {
+                window_start = pos;
+                window = read_exact_at(
+                    file,
+                    path,
+                    pos,
+                    CHUNK.max(len).min((file_len - pos) as usize),
+                )?;
+            }
+            let at = (pos - window_start) as usize;
+            if let Err(defect) = batch::verify(&window[at..], max_batch) {
+                return Ok(ScanResult {
+                    valid_len: pos,
+                    next_offset: next,
+                    stop: ScanStop::Defect { defect },
+                });
+            }
+        } else if pos + len as u64 > file_len {
+            let defect = BatchDefect::Truncated {
+                have: (file_len - pos) as usize,
+                need: len,
+            };
+            return Ok(ScanResult {
+                valid_len: pos,
+                next_offset: next,
+                stop: ScanStop::Defect { defect },
+            });
+        }
+        if header.base_offset != next {
+            let defect = BatchDefect::BadRecords("base offset does not follow the previous batch");
+            return Ok(ScanResult {
+                valid_len: pos,
+                next_offset: next,
+                stop: ScanStop::Defect { defect },
+            });
+        }
+        let rel = header.base_offset - base;
+        if rel + u64::from(header.record_count) > u64::from(u32::MAX)
+            || pos + len as u64 > u64::from(u32::MAX)
+        {
+            let defect = BatchDefect::BadRecords("segment exceeds 32-bit index range");
+            return Ok(ScanResult {
+                valid_len: pos,
+                next_offset: next,
+                stop: ScanStop::Defect { defect },
+            });
+        }
+        index.on_batch(
+            rel as u32,
+            pos as u32,
+            header.length,
+            header.first_timestamp,
+            header.max_timestamp,
+        );
+        next = header.next_offset();
+        pos += len as u64;
+    }
+}
+
+/// Looks for a CRC-valid batch starting after `from` whose base offset is at least
+/// `min_offset`: evidence that damage at `from` is not a torn tail but mid-log corruption.
+/// Returns its position.
+pub fn find_valid_batch_after(
+    file: &File,
+    path: &Path,
+    from: u64,
+    min_offset: u64,
+    max_batch: usize,
+) -> Result<Option<u64>> {
+    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let magic = MAGIC.to_le_bytes();
+    let finder = memchr::memmem::Finder::new(&magic);
+    const CHUNK: u64 = 4 << 20;
+    // Candidate batch starts are p > from, so the magic sits at p + 16 > from + 16.
+    let mut chunk_start = from + 1 + MAGIC_POS as u64;
+    while chunk_start < file_len {
+        let len = CHUNK.min(file_len - chunk_start) as usize;
+        let chunk = read_exact_at(file, path, chunk_start, len + 3)?;
+        let mut search_from = 0;
+        while let Some(i) = finder.find(&chunk[search_from..]) {
+            let magic_at = chunk_start + (search_from + i) as u64;
+            search_from += i + 1;
+            let p = magic_at - MAGIC_POS as u64;
+            let head = read_exact_at(file, path, p, HEADER_LEN)?;
+            let Ok(h) = BatchHeader::parse(&head, max_batch) else {
+                continue;
+            };
+            if h.base_offset < min_offset {
+                continue;
+            }
+            let whole = read_exact_at(file, path, p, h.length as usize)?;
+            if batch::verify(&whole, max_batch).is_ok() {
+                return Ok(Some(p));
+            }
+        }
+        chunk_start += len as u64;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_file_names_round_trip() {
+        assert_eq!(file_name(42), "00000000000000000042.log");
+        assert_eq!(parse_file_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_file_name("42.log"), None);
+        assert_eq!(parse_file_name("0000000000000000004x.log"), None);
+        assert_eq!(parse_file_name("00000000000000000042.index"), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! Starting and stopping the `axle` binary under test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `axle` binary built in the same target directory as the running test.
+pub fn axle_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = profile_dir.join("axle");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p axle-broker` (the test script does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `axle serve`.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `axle serve` on `data_dir` with extra arguments; stderr goes to a file beside it.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let log_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&log_path)?;
+        let child = Command::new(axle_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()?;
+        Ok(Server {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+        })
+    }
+
+    /// The server's stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle`, up to `timeout`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.output().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits for exit up to `timeout`; returns the exit code, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
