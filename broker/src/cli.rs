@@ -25,7 +25,7 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// When appended data is fsynced: `always`, `never`, an interval such as `5ms`, or a byte
     /// count such as `1MiB`.
-    #[arg(long, env = "AXLE_FSYNC", default_value = "5ms")]
+    #[arg(long, env = "AXLE_FSYNC", default_value = "always")]
     pub fsync: String,
     /// Log write path: `auto` (io_uring, else pwritev), `io_uring` or `pwrite`.
     #[arg(long, env = "AXLE_IO_BACKEND", default_value = "auto")]

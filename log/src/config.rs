@@ -2,23 +2,30 @@
 
 use std::time::Duration;
 
-/// When appended data is forced to disk with `fdatasync`, and therefore when an append is
-/// acknowledged. In every policy an append's future resolves only after its batch has been
-/// written; with any policy other than `Never` it also waits for the `fdatasync` that covers it.
-/// Readers see a record only once it is acknowledged.
+/// When appended data is forced to disk with `fdatasync`, and therefore what an
+/// acknowledgement promises. Readers see a record once it is acknowledged.
+///
+/// | policy | append resolves after | process crash loses | machine crash loses |
+/// |---|---|---|---|
+/// | `Always` | its `fdatasync` | nothing | nothing |
+/// | `Interval(d)` | its write (page cache) | nothing | up to `d` of acknowledged data |
+/// | `Bytes(n)` | its write (page cache) | nothing | up to `n` bytes of acknowledged data |
+/// | `Never` | its write (page cache) | nothing | whatever the kernel had not flushed |
+///
+/// `Always` is what Axle's broker uses by default: group commit makes one `fdatasync`
+/// carry every append that queued up while the previous one ran, so it stays fast under
+/// concurrency. The others are the classic "fsync every N ms / N bytes" trade (Kafka's
+/// `flush.ms`/`flush.messages`, Redis's `appendfsync everysec`). Segment rolls and clean
+/// shutdown always sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// `fdatasync` after every group-commit round: all appends that queued up while the
-    /// previous round was on disk share one `fdatasync`.
+    /// `fdatasync` after every group-commit round, before acknowledging it.
     Always,
-    /// At most one `fdatasync` per interval: appends wait up to the interval for it. Trades
-    /// acknowledgement latency for fewer `fdatasync` calls.
+    /// At most one `fdatasync` per interval, in the background of acknowledgements.
     Interval(Duration),
-    /// `fdatasync` once this many bytes are unsynced, or when no further append is queued
-    /// (so an idle writer never leaves an append waiting).
+    /// `fdatasync` once this many bytes are unsynced, or when no further append is queued.
     Bytes(u64),
-    /// Never `fdatasync` on the append path; acknowledged once in the page cache. A machine
-    /// crash can lose acknowledged data. Segment rolls and shutdown still sync.
+    /// Never `fdatasync` on the append path.
     Never,
 }
 
@@ -98,7 +105,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            fsync: FsyncPolicy::Interval(Duration::from_millis(5)),
+            fsync: FsyncPolicy::Always,
             io_backend: IoBackendKind::Auto,
             segment_bytes: 128 * 1024 * 1024,
             segment_max_age: Duration::from_secs(6 * 3600),

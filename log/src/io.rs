@@ -63,6 +63,25 @@ pub fn select(kind: IoBackendKind) -> Result<Box<dyn Backend>> {
     }
 }
 
+/// The writer's and the flusher's backends for `kind`, probing io_uring once and warning
+/// once if it is unavailable.
+///
+/// `Auto` uses io_uring for the flusher's `fdatasync`s (issued in parallel across
+/// partitions, off the writer thread) and `pwritev` for the writer's buffered writes. Buffered
+/// writes submitted through io_uring are punted by ext4 to io-wq kernel workers, an extra hop
+/// that measured 25-60 % slower here (`docs/benchmarks.md`); `IoUring` still forces io_uring
+/// for both.
+pub fn select_pair(kind: IoBackendKind) -> Result<(Box<dyn Backend>, Box<dyn Backend>)> {
+    match kind {
+        IoBackendKind::Pwrite => Ok((Box::new(PwriteBackend), Box::new(PwriteBackend))),
+        IoBackendKind::IoUring => Ok((select(kind)?, select(kind)?)),
+        IoBackendKind::Auto => {
+            let flusher = select(kind)?;
+            Ok((Box::new(PwriteBackend), flusher))
+        }
+    }
+}
+
 /// Builds iovecs for `bufs` skipping the first `skip` bytes.
 fn iovecs_from(bufs: &[Bytes], mut skip: usize) -> Vec<libc::iovec> {
     let mut out = Vec::with_capacity(bufs.len());

@@ -17,9 +17,11 @@
 //! # Ok(()) }
 //! ```
 
+mod appender;
 mod batch;
 mod config;
 mod error;
+mod flusher;
 mod index;
 mod io;
 mod partition;
@@ -47,7 +49,7 @@ pub use partition::Bounds;
 pub use reader::TailReader;
 pub use record::{now_ms, Header, Record, StoredRecord};
 pub use recovery::RecoveryReport;
-pub use writer::Appended;
+pub use writer::{Appended, WriterStats};
 
 use partition::PartitionShared;
 use writer::{Command, Writer};
@@ -66,6 +68,7 @@ struct LogInner {
     partitions: Mutex<HashMap<String, Partition>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
+    stats: Arc<WriterStats>,
     reports: Mutex<HashMap<String, RecoveryReport>>,
     /// Held while the writer runs; released by `close` so the directory can be reopened.
     lock: Mutex<Option<fs::File>>,
@@ -111,8 +114,12 @@ impl Log {
                 lock_path.display()
             )));
         }
-        let backend = io::select(config.io_backend)?;
-        let backend_name = backend.name();
+        let (backend, flush_backend) = io::select_pair(config.io_backend)?;
+        let backend_name = match (backend.name(), flush_backend.name()) {
+            ("io_uring", _) => "io_uring",
+            (_, "io_uring") => "pwritev+io_uring-fsync",
+            _ => "pwritev",
+        };
         let config = Arc::new(config);
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| LogError::io(&dir, e))? {
@@ -144,7 +151,9 @@ impl Log {
                 },
             );
         }
-        let writer = Writer::new(rx, backend, config.clone(), writers);
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone())
+            .map_err(|e| LogError::io(&dir, e))?;
         let thread = std::thread::Builder::new()
             .name("axle-log-writer".into())
             .spawn(move || writer.run())
@@ -158,6 +167,7 @@ impl Log {
                 partitions: Mutex::new(partitions),
                 thread: Mutex::new(Some(thread)),
                 backend: backend_name,
+                stats,
                 reports: Mutex::new(reports),
                 lock: Mutex::new(Some(lock)),
             }),
@@ -213,9 +223,15 @@ impl Log {
         self.inner.reports.lock().get(name).cloned()
     }
 
-    /// `"io_uring"` or `"pwritev"`.
+    /// `"io_uring"` (writes and syncs), `"pwritev+io_uring-fsync"` (the `Auto` choice where
+    /// io_uring works) or `"pwritev"` (the fallback).
     pub fn io_backend(&self) -> &'static str {
         self.inner.backend
+    }
+
+    /// Write-path counters (rounds, batches, bytes, fsyncs).
+    pub fn stats(&self) -> &WriterStats {
+        &self.inner.stats
     }
 
     pub fn dir(&self) -> &Path {

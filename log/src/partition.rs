@@ -42,6 +42,8 @@ pub struct PartitionShared {
     log_start: AtomicU64,
     end_tx: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Set by a failed `fdatasync`; the partition then refuses appends until reopened.
+    poisoned: parking_lot::Mutex<Option<String>>,
 }
 
 /// Bytes read ahead per `pread` when walking batches.
@@ -66,6 +68,7 @@ impl PartitionShared {
             log_start: AtomicU64::new(log_start),
             end_tx,
             closed: AtomicBool::new(false),
+            poisoned: parking_lot::Mutex::new(None),
         }
     }
 
@@ -96,6 +99,19 @@ impl PartitionShared {
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
         self.end_tx.send_modify(|_| {});
+    }
+
+    /// Marks the partition failed (first reason wins).
+    pub fn poison(&self, reason: String) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            tracing::error!(partition = %self.name, %reason, "the partition refuses further writes");
+            *p = Some(reason);
+        }
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
     }
 
     pub fn is_closed(&self) -> bool {

@@ -16,7 +16,7 @@ use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::partition::PartitionShared;
 use crate::segment::{self, ScanStop, Segment};
-use crate::writer::PartitionWriter;
+use crate::appender::PartitionWriter;
 
 const CHECKPOINT: &str = "recovery-point";
 const CP_MAGIC: &[u8; 4] = b"AXRP";

@@ -1,0 +1,259 @@
+//! The write side of one partition: offset assignment, staging a round's batches, segment
+//! rolls, clean close and retention. Owned by the writer thread; never shared.
+//!
+//! Invariants:
+//! - Offsets are assigned only here, in channel order, with no gaps.
+//! - `position` is the byte length written to the active segment; a failed write rolls
+//!   `next_offset` back and cuts the file at `position`, so a later round rewrites the place.
+//! - A partition poisoned by a failed `fdatasync` accepts no more appends.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::batch::EncodedBatch;
+use crate::config::LogConfig;
+use crate::error::{LogError, Result};
+use crate::flusher::SyncItem;
+use crate::partition::PartitionShared;
+use crate::recovery::Checkpoint;
+use crate::segment::Segment;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+}
+
+/// A caller waiting for its append to be acknowledged.
+pub struct Ack {
+    pub reply: oneshot::Sender<Result<Appended>>,
+    pub appended: Appended,
+}
+
+/// The write side of one partition.
+pub struct PartitionWriter {
+    pub shared: Arc<PartitionShared>,
+    pub(crate) active: Arc<Segment>,
+    /// Bytes written to the active segment (durable or not).
+    pub(crate) position: u64,
+    /// Offset the next record gets.
+    next_offset: u64,
+    pub(crate) epoch: u32,
+    preallocated: bool,
+    /// Written since the last sync handed to the flusher.
+    pub(crate) unsynced: bool,
+    pub(crate) round_bufs: Vec<Bytes>,
+    round_acks: Vec<Ack>,
+    /// (rel offset, position, length, first ts, max ts) of each staged batch.
+    round_index: Vec<(u32, u32, u32, i64, i64)>,
+    pub(crate) round_len: u64,
+}
+
+impl PartitionWriter {
+    pub fn new(shared: Arc<PartitionShared>, active: Arc<Segment>, position: u64, next_offset: u64, epoch: u32, preallocated: bool) -> Self {
+        PartitionWriter {
+            shared,
+            active,
+            position,
+            next_offset,
+            epoch,
+            preallocated,
+            unsynced: false,
+            round_bufs: Vec::new(),
+            round_acks: Vec::new(),
+            round_index: Vec::new(),
+            round_len: 0,
+        }
+    }
+
+    fn needs_roll(&self, cfg: &LogConfig, now: i64) -> bool {
+        if self.position == 0 {
+            return false;
+        }
+        if self.position >= cfg.segment_bytes {
+            return true;
+        }
+        let first = self.active.index.read().first_timestamp();
+        first.is_some_and(|t| now.saturating_sub(t) >= cfg.segment_max_age.as_millis() as i64)
+    }
+
+    /// Stages one append into this round.
+    pub fn stage(&mut self, batch: EncodedBatch, reply: oneshot::Sender<Result<Appended>>, cfg: &LogConfig, now: i64) {
+        if let Some(reason) = self.shared.poisoned() {
+            let _ = reply.send(Err(LogError::Poisoned { partition: self.shared.name.clone(), reason }));
+            return;
+        }
+        if self.round_bufs.is_empty() && self.needs_roll(cfg, now) {
+            if let Err(e) = self.roll(cfg) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        let base = self.next_offset;
+        let count = batch.record_count;
+        let rel = (base - self.active.base_offset) as u32;
+        let pos = (self.position + self.round_len) as u32;
+        let len = batch.len() as u32;
+        self.round_index.push((rel, pos, len, batch.first_timestamp, batch.max_timestamp));
+        self.round_bufs.push(batch.seal(base, self.epoch));
+        self.round_len += u64::from(len);
+        self.next_offset += u64::from(count);
+        self.round_acks.push(Ack { reply, appended: Appended { base_offset: base, last_offset: base + u64::from(count) - 1 } });
+    }
+
+    /// Bookkeeping once the round's bytes are in the file. Returns the sync item that makes
+    /// them visible (carrying the acks when `with_acks`).
+    pub fn written(&mut self, with_acks: bool) -> SyncItem {
+        {
+            let mut idx = self.active.index.write();
+            for (rel, pos, len, first, max) in self.round_index.drain(..) {
+                idx.on_batch(rel, pos, len, first, max);
+            }
+        }
+        self.position += self.round_len;
+        self.round_len = 0;
+        self.round_bufs.clear();
+        self.unsynced = true;
+        let acks = if with_acks { std::mem::take(&mut self.round_acks) } else { Vec::new() };
+        self.sync_item(acks, with_acks)
+    }
+
+    /// A sync item for everything written so far (call only when nothing is staged).
+    pub fn sync_item(&self, acks: Vec<Ack>, publish: bool) -> SyncItem {
+        SyncItem {
+            shared: self.shared.clone(),
+            segment: self.active.clone(),
+            len: self.position,
+            next: self.next_offset,
+            acks,
+            publish,
+        }
+    }
+
+    /// Makes everything written so far visible and acknowledges it (policies that do not
+    /// wait for `fdatasync`).
+    pub fn publish_now(&mut self) {
+        self.active.commit(self.position, self.next_offset);
+        self.shared.publish_end(self.next_offset);
+        for ack in self.round_acks.drain(..) {
+            let _ = ack.reply.send(Ok(ack.appended));
+        }
+    }
+
+    /// Cuts off a failed round and fails its appends.
+    pub fn fail_round(&mut self, err: std::io::Error) {
+        if let Some(first) = self.round_acks.first().map(|a| a.appended.base_offset) {
+            self.next_offset = first;
+        }
+        self.round_bufs.clear();
+        self.round_index.clear();
+        self.round_len = 0;
+        // Drop whatever part of the round reached the file; preallocation goes with it.
+        if self.active.file.set_len(self.position).is_ok() {
+            self.preallocated = false;
+        }
+        let path = self.active.path.clone();
+        tracing::warn!(partition = %self.shared.name, error = %err, "append write failed; nothing was acknowledged");
+        for ack in self.round_acks.drain(..) {
+            let e = match err.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::from(err.kind()),
+            };
+            let _ = ack.reply.send(Err(LogError::io(&path, e)));
+        }
+    }
+
+    /// Closes the active segment and opens a new one at `next_offset`.
+    fn roll(&mut self, cfg: &LogConfig) -> Result<()> {
+        let prealloc = cfg.preallocate.then_some(cfg.segment_bytes);
+        let (seg, preallocated) = Segment::create(&self.shared.dir, self.next_offset, cfg.index_interval_bytes, prealloc)?;
+        let old = self.active.clone();
+        let len = self.position;
+        let finish = || -> std::io::Result<()> {
+            old.file.set_len(len)?;
+            old.file.sync_all()
+        };
+        if let Err(e) = finish() {
+            let _ = std::fs::remove_file(&seg.path);
+            return Err(LogError::io(&old.path, e));
+        }
+        if let Err(e) = old.index.read().persist(&old.path, old.base_offset, len) {
+            // The index is rebuilt on the next open; losing it costs only time.
+            tracing::warn!(path = %old.path.display(), error = %e, "could not write index files");
+        }
+        let seg = Arc::new(seg);
+        self.shared.segments.write().push(seg.clone());
+        self.active = seg;
+        self.position = 0;
+        self.preallocated = preallocated;
+        Checkpoint::write(
+            &self.shared.dir,
+            &Checkpoint { segment: self.active.base_offset, position: 0, next_offset: self.next_offset, epoch: self.epoch, clean: false },
+        )?;
+        tracing::debug!(partition = %self.shared.name, base = self.next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Clean shutdown, after the flusher has drained: the active segment is cut to its data
+    /// and synced, indexes are written, and the checkpoint is marked clean.
+    pub fn close(&mut self) -> Result<()> {
+        if self.shared.poisoned().is_some() {
+            return Ok(());
+        }
+        let seg = self.active.clone();
+        seg.file.set_len(self.position).map_err(|e| LogError::io(&seg.path, e))?;
+        seg.file.sync_all().map_err(|e| LogError::io(&seg.path, e))?;
+        self.unsynced = false;
+        seg.index.read().persist(&seg.path, seg.base_offset, self.position).map_err(|e| LogError::io(&seg.path, e))?;
+        Checkpoint::write(
+            &self.shared.dir,
+            &Checkpoint { segment: seg.base_offset, position: self.position, next_offset: self.next_offset, epoch: self.epoch, clean: true },
+        )
+    }
+
+    /// Deletes whole segments past the retention limits; returns how many.
+    pub fn enforce_retention(&mut self, cfg: &LogConfig, now: i64) -> Result<usize> {
+        let segments = self.shared.segments.read().clone();
+        let mut remaining: u64 = segments.iter().map(|s| s.committed_len()).sum();
+        let mut drop_count = 0;
+        for seg in &segments[..segments.len().saturating_sub(1)] {
+            let too_big = cfg.retention_bytes.is_some_and(|max| remaining > max);
+            let too_old = cfg.retention_age.is_some_and(|age| {
+                seg.index.read().max_timestamp().is_none_or(|ts| now.saturating_sub(ts) > age.as_millis() as i64)
+            });
+            if !(too_big || too_old) {
+                break;
+            }
+            remaining -= seg.committed_len();
+            drop_count += 1;
+        }
+        if drop_count == 0 {
+            return Ok(0);
+        }
+        let removed: Vec<Arc<Segment>> = {
+            let mut segs = self.shared.segments.write();
+            let removed = segs.drain(..drop_count).collect();
+            self.shared.set_log_start(segs[0].base_offset);
+            removed
+        };
+        for seg in &removed {
+            seg.deleted.store(true, std::sync::atomic::Ordering::Release);
+            for ext in ["log", "index", "timeindex"] {
+                let p = seg.path.with_extension(ext);
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(LogError::io(&p, e));
+                    }
+                }
+            }
+        }
+        crate::segment::sync_dir(&self.shared.dir)?;
+        tracing::info!(partition = %self.shared.name, segments = drop_count, log_start = self.shared.bounds().log_start, "retention deleted segments");
+        Ok(drop_count)
+    }
+}
