@@ -15,9 +15,7 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
@@ -29,11 +27,7 @@ fn init_tracing(format: &str) -> anyhow::Result<()> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format)?;
     let mut config = LogConfig {
-        fsync: args
-            .fsync
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .context("--fsync")?,
+        fsync: args.fsync.parse().map_err(anyhow::Error::msg).context("--fsync")?,
         repair: args.repair,
         ..LogConfig::default()
     };
@@ -44,8 +38,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         other => bail!("--io-backend {other:?} is not supported: use auto, io_uring or pwrite"),
     };
     let log_dir = args.data_dir.join("log");
-    let log = Log::open(&log_dir, config)
-        .with_context(|| format!("opening the log in {}", log_dir.display()))?;
+    let log = Log::open(&log_dir, config).with_context(|| format!("opening the log in {}", log_dir.display()))?;
     tracing::info!(data_dir = %args.data_dir.display(), backend = log.io_backend(), "axle serving");
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {

@@ -31,6 +31,9 @@ pub struct MetaStore {
     path: String,
 }
 
+/// Keys and values in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One change in an atomic batch.
 pub enum MetaOp<'a> {
     Put { family: &'a str, key: &'a [u8], value: &'a [u8] },
@@ -45,7 +48,8 @@ impl MetaStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         let cfs = COLUMN_FAMILIES.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| MetaError::Rocks { path: path.clone(), source })?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)
+            .map_err(|source| MetaError::Rocks { path: path.clone(), source })?;
         Ok(MetaStore { db, path })
     }
 
@@ -84,7 +88,7 @@ impl MetaStore {
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, family: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaError> {
+    pub fn scan_prefix(&self, family: &str, prefix: &[u8]) -> Result<KeyValues, MetaError> {
         let cf = self.cf(family)?;
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(cf, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));

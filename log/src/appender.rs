@@ -55,7 +55,14 @@ pub struct PartitionWriter {
 }
 
 impl PartitionWriter {
-    pub fn new(shared: Arc<PartitionShared>, active: Arc<Segment>, position: u64, next_offset: u64, epoch: u32, preallocated: bool) -> Self {
+    pub fn new(
+        shared: Arc<PartitionShared>,
+        active: Arc<Segment>,
+        position: u64,
+        next_offset: u64,
+        epoch: u32,
+        preallocated: bool,
+    ) -> Self {
         PartitionWriter {
             shared,
             active,
@@ -103,7 +110,8 @@ impl PartitionWriter {
         self.round_bufs.push(batch.seal(base, self.epoch));
         self.round_len += u64::from(len);
         self.next_offset += u64::from(count);
-        self.round_acks.push(Ack { reply, appended: Appended { base_offset: base, last_offset: base + u64::from(count) - 1 } });
+        self.round_acks
+            .push(Ack { reply, appended: Appended { base_offset: base, last_offset: base + u64::from(count) - 1 } });
     }
 
     /// Bookkeeping once the round's bytes are in the file. Returns the sync item that makes
@@ -171,7 +179,8 @@ impl PartitionWriter {
     /// Closes the active segment and opens a new one at `next_offset`.
     fn roll(&mut self, cfg: &LogConfig) -> Result<()> {
         let prealloc = cfg.preallocate.then_some(cfg.segment_bytes);
-        let (seg, preallocated) = Segment::create(&self.shared.dir, self.next_offset, cfg.index_interval_bytes, prealloc)?;
+        let (seg, preallocated) =
+            Segment::create(&self.shared.dir, self.next_offset, cfg.index_interval_bytes, prealloc)?;
         let old = self.active.clone();
         let len = self.position;
         let finish = || -> std::io::Result<()> {
@@ -193,7 +202,13 @@ impl PartitionWriter {
         self.preallocated = preallocated;
         Checkpoint::write(
             &self.shared.dir,
-            &Checkpoint { segment: self.active.base_offset, position: 0, next_offset: self.next_offset, epoch: self.epoch, clean: false },
+            &Checkpoint {
+                segment: self.active.base_offset,
+                position: 0,
+                next_offset: self.next_offset,
+                epoch: self.epoch,
+                clean: false,
+            },
         )?;
         tracing::debug!(partition = %self.shared.name, base = self.next_offset, "rolled segment");
         Ok(())
@@ -212,7 +227,13 @@ impl PartitionWriter {
         seg.index.read().persist(&seg.path, seg.base_offset, self.position).map_err(|e| LogError::io(&seg.path, e))?;
         Checkpoint::write(
             &self.shared.dir,
-            &Checkpoint { segment: seg.base_offset, position: self.position, next_offset: self.next_offset, epoch: self.epoch, clean: true },
+            &Checkpoint {
+                segment: seg.base_offset,
+                position: self.position,
+                next_offset: self.next_offset,
+                epoch: self.epoch,
+                clean: true,
+            },
         )
     }
 

@@ -75,10 +75,7 @@ impl std::fmt::Display for BatchDefect {
             BatchDefect::BadVersion(v) => write!(f, "unknown batch version {v}"),
             BatchDefect::UnsupportedAttributes(a) => write!(f, "unsupported attributes {a:#x}"),
             BatchDefect::CrcMismatch { stored, computed } => {
-                write!(
-                    f,
-                    "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
-                )
+                write!(f, "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
             }
             BatchDefect::BadRecords(why) => write!(f, "malformed records: {why}"),
         }
@@ -106,10 +103,7 @@ impl BatchHeader {
     /// Parses and sanity-checks a header (not the CRC). `max_len` bounds the length field.
     pub fn parse(buf: &[u8], max_len: usize) -> Result<BatchHeader, BatchDefect> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchDefect::Truncated {
-                have: buf.len(),
-                need: HEADER_LEN,
-            });
+            return Err(BatchDefect::Truncated { have: buf.len(), need: HEADER_LEN });
         }
         if le_u32(buf, MAGIC_POS) != MAGIC {
             return Err(BatchDefect::BadMagic);
@@ -159,17 +153,11 @@ pub fn verify(buf: &[u8], max_len: usize) -> Result<BatchHeader, BatchDefect> {
     let header = BatchHeader::parse(buf, max_len)?;
     let len = header.length as usize;
     if buf.len() < len {
-        return Err(BatchDefect::Truncated {
-            have: buf.len(),
-            need: len,
-        });
+        return Err(BatchDefect::Truncated { have: buf.len(), need: len });
     }
     let computed = crc32fast::hash(&buf[CRC_START..len]);
     if computed != header.crc {
-        return Err(BatchDefect::CrcMismatch {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchDefect::CrcMismatch { stored: header.crc, computed });
     }
     Ok(header)
 }
@@ -196,10 +184,7 @@ impl EncodedBatch {
             .map(|r| {
                 24 + r.value.len()
                     + r.key.as_ref().map_or(0, |k| k.len())
-                    + r.headers
-                        .iter()
-                        .map(|h| 10 + h.key.len() + h.value.len())
-                        .sum::<usize>()
+                    + r.headers.iter().map(|h| 10 + h.key.len() + h.value.len()).sum::<usize>()
             })
             .sum();
         let mut buf = BytesMut::with_capacity(HEADER_LEN + body_estimate);
@@ -212,10 +197,7 @@ impl EncodedBatch {
                 .headers
                 .iter()
                 .map(|h| {
-                    varint_len(h.key.len() as u64)
-                        + h.key.len()
-                        + varint_len(h.value.len() as u64)
-                        + h.value.len()
+                    varint_len(h.key.len() as u64) + h.key.len() + varint_len(h.value.len() as u64) + h.value.len()
                 })
                 .sum();
             let body_len = varint_len(i as u64)
@@ -252,12 +234,7 @@ impl EncodedBatch {
         buf[40..48].copy_from_slice(&max_timestamp.to_le_bytes());
         let crc = crc32fast::hash(&buf[CRC_START..]);
         buf[20..24].copy_from_slice(&crc.to_le_bytes());
-        EncodedBatch {
-            buf,
-            record_count: records.len() as u32,
-            first_timestamp,
-            max_timestamp,
-        }
+        EncodedBatch { buf, record_count: records.len() as u32, first_timestamp, max_timestamp }
     }
 
     /// Total encoded size in bytes.
@@ -280,10 +257,7 @@ impl EncodedBatch {
 
 /// Decodes the records of a verified batch. `batch` must be exactly the batch's bytes and
 /// `header` its verified header. Never panics on malformed input.
-pub fn decode_records(
-    batch: &Bytes,
-    header: &BatchHeader,
-) -> Result<Vec<StoredRecord>, BatchDefect> {
+pub fn decode_records(batch: &Bytes, header: &BatchHeader) -> Result<Vec<StoredRecord>, BatchDefect> {
     // Each record takes at least 6 bytes, so the batch length bounds the allocation.
     let mut out = Vec::with_capacity((header.record_count as usize).min(batch.len() / 6));
     let mut pos = HEADER_LEN;
@@ -300,11 +274,7 @@ pub fn decode_records(
         }
         let ts_delta = unzigzag(get_varint(batch, &mut pos)?);
         let key_len = get_varint(batch, &mut pos)?;
-        let key = if key_len == 0 {
-            None
-        } else {
-            Some(take(batch, &mut pos, key_len as usize - 1, body_end)?)
-        };
+        let key = if key_len == 0 { None } else { Some(take(batch, &mut pos, key_len as usize - 1, body_end)?) };
         let value_len = get_varint(batch, &mut pos)? as usize;
         let value = take(batch, &mut pos, value_len, body_end)?;
         let header_count = get_varint(batch, &mut pos)?;
@@ -315,16 +285,13 @@ pub fn decode_records(
         for _ in 0..header_count {
             let kl = get_varint(batch, &mut pos)? as usize;
             let k = take(batch, &mut pos, kl, body_end)?;
-            let key = String::from_utf8(k.to_vec())
-                .map_err(|_| BatchDefect::BadRecords("header name is not UTF-8"))?;
+            let key = String::from_utf8(k.to_vec()).map_err(|_| BatchDefect::BadRecords("header name is not UTF-8"))?;
             let vl = get_varint(batch, &mut pos)? as usize;
             let value = take(batch, &mut pos, vl, body_end)?;
             headers.push(Header { key, value });
         }
         if pos != body_end {
-            return Err(BatchDefect::BadRecords(
-                "record length does not match its fields",
-            ));
+            return Err(BatchDefect::BadRecords("record length does not match its fields"));
         }
         out.push(StoredRecord {
             offset: header.base_offset + expected_delta,
@@ -336,18 +303,14 @@ pub fn decode_records(
         });
     }
     if pos != end {
-        return Err(BatchDefect::BadRecords(
-            "trailing bytes after the last record",
-        ));
+        return Err(BatchDefect::BadRecords("trailing bytes after the last record"));
     }
     Ok(out)
 }
 
 fn take(buf: &Bytes, pos: &mut usize, len: usize, limit: usize) -> Result<Bytes, BatchDefect> {
-    let end = pos
-        .checked_add(len)
-        .filter(|e| *e <= limit)
-        .ok_or(BatchDefect::BadRecords("field runs past its record"))?;
+    let end =
+        pos.checked_add(len).filter(|e| *e <= limit).ok_or(BatchDefect::BadRecords("field runs past its record"))?;
     let out = buf.slice(*pos..end);
     *pos = end;
     Ok(out)
@@ -369,9 +332,7 @@ fn varint_len(v: u64) -> usize {
 fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, BatchDefect> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
-        let b = *buf
-            .get(*pos)
-            .ok_or(BatchDefect::BadRecords("varint runs past the batch"))?;
+        let b = *buf.get(*pos).ok_or(BatchDefect::BadRecords("varint runs past the batch"))?;
         *pos += 1;
         v |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
@@ -399,22 +360,13 @@ mod tests {
             proptest::option::of(any::<i64>()),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             proptest::collection::vec(any::<u8>(), 0..300),
-            proptest::collection::vec(
-                ("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..20)),
-                0..4,
-            ),
+            proptest::collection::vec(("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..20)), 0..4),
         )
             .prop_map(|(ts, key, value, headers)| Record {
                 timestamp: ts,
                 key: key.map(Bytes::from),
                 value: Bytes::from(value),
-                headers: headers
-                    .into_iter()
-                    .map(|(k, v)| Header {
-                        key: k,
-                        value: Bytes::from(v),
-                    })
-                    .collect(),
+                headers: headers.into_iter().map(|(k, v)| Header { key: k, value: Bytes::from(v) }).collect(),
             })
     }
 

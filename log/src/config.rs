@@ -45,9 +45,7 @@ impl std::str::FromStr for FsyncPolicy {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("fsync policy {s:?} needs a unit (ms, s, b, kib, mib, gib)"))?;
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("fsync policy {s:?}: {num:?} is not a number"))?;
+        let n: u64 = num.parse().map_err(|_| format!("fsync policy {s:?}: {num:?} is not a number"))?;
         if n == 0 {
             return Err(format!("fsync policy {s:?}: use `always` instead of zero"));
         }
@@ -125,19 +123,13 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), crate::LogError> {
         let bad = |m: String| Err(crate::LogError::Config(m));
         if !(4096..=1 << 30).contains(&self.segment_bytes) {
-            return bad(format!(
-                "segment_bytes = {} must be between 4096 and 1073741824",
-                self.segment_bytes
-            ));
+            return bad(format!("segment_bytes = {} must be between 4096 and 1073741824", self.segment_bytes));
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be at least 1".into());
         }
         if self.max_batch_bytes < crate::batch::HEADER_LEN + 16 || self.max_batch_bytes > 1 << 30 {
-            return bad(format!(
-                "max_batch_bytes = {} must be between 64 and 1073741824",
-                self.max_batch_bytes
-            ));
+            return bad(format!("max_batch_bytes = {} must be between 64 and 1073741824", self.max_batch_bytes));
         }
         if self.segment_max_age.is_zero() {
             return bad("segment_max_age must be positive".into());
@@ -154,10 +146,7 @@ mod tests {
     fn fsync_policies_parse_from_config_strings() {
         assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
         assert_eq!("NEVER".parse(), Ok(FsyncPolicy::Never));
-        assert_eq!(
-            "5ms".parse(),
-            Ok(FsyncPolicy::Interval(Duration::from_millis(5)))
-        );
+        assert_eq!("5ms".parse(), Ok(FsyncPolicy::Interval(Duration::from_millis(5))));
         assert_eq!("1MiB".parse(), Ok(FsyncPolicy::Bytes(1 << 20)));
         assert!("5".parse::<FsyncPolicy>().is_err());
         assert!("0ms".parse::<FsyncPolicy>().is_err());

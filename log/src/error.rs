@@ -15,34 +15,21 @@ pub enum LogError {
         source: std::io::Error,
     },
 
-    #[error("the disk holding {path} is full; the append was not written and the log is unchanged; free space and retry")]
+    #[error(
+        "the disk holding {path} is full; the append was not written and the log is unchanged; free space and retry"
+    )]
     DiskFull { path: PathBuf },
 
     #[error("offset {requested} is out of range for partition {partition}: readable offsets are {log_start}..{end} (log start inclusive, end exclusive)")]
-    OffsetOutOfRange {
-        partition: String,
-        requested: u64,
-        log_start: u64,
-        end: u64,
-    },
+    OffsetOutOfRange { partition: String, requested: u64, log_start: u64, end: u64 },
 
     #[error("corrupt data in {path} at byte {position}: {reason}; valid data follows, so the log refuses to open. Restore the file, or open with `repair = true` to truncate the partition at this position (records after it are lost)")]
-    MidLogCorruption {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    MidLogCorruption { path: PathBuf, position: u64, reason: String },
 
     #[error("corrupt batch in {path} at byte {position} while reading: {reason}")]
-    CorruptBatch {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    CorruptBatch { path: PathBuf, position: u64, reason: String },
 
-    #[error(
-        "a batch of {size} bytes exceeds the configured maximum of {max} bytes; split the append"
-    )]
+    #[error("a batch of {size} bytes exceeds the configured maximum of {max} bytes; split the append")]
     BatchTooLarge { size: usize, max: usize },
 
     #[error("an append must carry at least one record")]

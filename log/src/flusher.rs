@@ -91,10 +91,8 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
                 segments.push(item.segment.clone());
             }
         }
-        let ops: Vec<WriteOp<'_>> = segments
-            .iter()
-            .map(|s| WriteOp { fd: s.file.as_raw_fd(), pos: 0, bufs: &[], sync: true })
-            .collect();
+        let ops: Vec<WriteOp<'_>> =
+            segments.iter().map(|s| WriteOp { fd: s.file.as_raw_fd(), pos: 0, bufs: &[], sync: true }).collect();
         let started = Instant::now();
         let results = if ops.is_empty() { Vec::new() } else { backend.submit(&ops) };
         let took = started.elapsed();

@@ -67,19 +67,9 @@ impl SegmentIndex {
     }
 
     /// Records that a batch of `len` bytes with base `rel_offset` starts at `position`.
-    pub fn on_batch(
-        &mut self,
-        rel_offset: u32,
-        position: u32,
-        len: u32,
-        first_ts: i64,
-        max_ts: i64,
-    ) {
+    pub fn on_batch(&mut self, rel_offset: u32, position: u32, len: u32, first_ts: i64, max_ts: i64) {
         if self.offsets.is_empty() || self.bytes_since_entry >= self.interval {
-            self.offsets.push(OffsetEntry {
-                rel_offset,
-                position,
-            });
+            self.offsets.push(OffsetEntry { rel_offset, position });
             let bound = self.max_timestamp.saturating_add(1);
             if self.max_timestamp != i64::MIN && self.times.last().is_none_or(|t| t.bound < bound) {
                 self.times.push(TimeEntry { bound, rel_offset });
@@ -130,47 +120,21 @@ impl SegmentIndex {
             body.extend_from_slice(&e.rel_offset.to_le_bytes());
             body.extend_from_slice(&e.position.to_le_bytes());
         }
-        write_file(
-            &log_path.with_extension("index"),
-            KIND_OFFSET,
-            base,
-            segment_len,
-            self,
-            self.offsets.len(),
-            &body,
-        )?;
+        write_file(&log_path.with_extension("index"), KIND_OFFSET, base, segment_len, self, self.offsets.len(), &body)?;
         let mut body = Vec::with_capacity(self.times.len() * 12);
         for e in &self.times {
             body.extend_from_slice(&e.bound.to_le_bytes());
             body.extend_from_slice(&e.rel_offset.to_le_bytes());
         }
-        write_file(
-            &log_path.with_extension("timeindex"),
-            KIND_TIME,
-            base,
-            segment_len,
-            self,
-            self.times.len(),
-            &body,
-        )
+        write_file(&log_path.with_extension("timeindex"), KIND_TIME, base, segment_len, self, self.times.len(), &body)
     }
 
     /// Loads both index files of a segment. Returns `None` (the caller rebuilds) unless both
     /// exist, match `base` and `segment_len`, pass their CRC and hold sorted entries within
     /// the segment.
     pub fn load(log_path: &Path, base: u64, segment_len: u64, interval: u32) -> Option<Self> {
-        let (stats, offs) = read_file(
-            &log_path.with_extension("index"),
-            KIND_OFFSET,
-            base,
-            segment_len,
-        )?;
-        let (stats2, times) = read_file(
-            &log_path.with_extension("timeindex"),
-            KIND_TIME,
-            base,
-            segment_len,
-        )?;
+        let (stats, offs) = read_file(&log_path.with_extension("index"), KIND_OFFSET, base, segment_len)?;
+        let (stats2, times) = read_file(&log_path.with_extension("timeindex"), KIND_TIME, base, segment_len)?;
         if stats != stats2 {
             return None;
         }
@@ -179,26 +143,16 @@ impl SegmentIndex {
             let rel_offset = u32::from_le_bytes(c[0..4].try_into().ok()?);
             let position = u32::from_le_bytes(c[4..8].try_into().ok()?);
             if u64::from(position) >= segment_len
-                || idx
-                    .offsets
-                    .last()
-                    .is_some_and(|l| l.rel_offset >= rel_offset || l.position >= position)
+                || idx.offsets.last().is_some_and(|l| l.rel_offset >= rel_offset || l.position >= position)
             {
                 return None;
             }
-            idx.offsets.push(OffsetEntry {
-                rel_offset,
-                position,
-            });
+            idx.offsets.push(OffsetEntry { rel_offset, position });
         }
         for c in times.chunks_exact(12) {
             let bound = i64::from_le_bytes(c[0..8].try_into().ok()?);
             let rel_offset = u32::from_le_bytes(c[8..12].try_into().ok()?);
-            if idx
-                .times
-                .last()
-                .is_some_and(|l| l.bound >= bound || l.rel_offset > rel_offset)
-            {
+            if idx.times.last().is_some_and(|l| l.bound >= bound || l.rel_offset > rel_offset) {
                 return None;
             }
             idx.times.push(TimeEntry { bound, rel_offset });
@@ -238,10 +192,7 @@ fn write_file(
     h.update(body);
     buf.extend_from_slice(&h.finalize().to_le_bytes());
     buf.extend_from_slice(body);
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("idx")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("idx")));
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&buf)?;
     f.sync_data()?;
@@ -285,13 +236,7 @@ mod tests {
         let mut idx = SegmentIndex::new(100);
         // 10 batches of 10 records, 60 bytes each, timestamps 1000, 1010, ...
         for b in 0..10u32 {
-            idx.on_batch(
-                b * 10,
-                b * 60,
-                60,
-                1000 + i64::from(b) * 10,
-                1000 + i64::from(b) * 10 + 5,
-            );
+            idx.on_batch(b * 10, b * 60, 60, 1000 + i64::from(b) * 10, 1000 + i64::from(b) * 10 + 5);
         }
         assert_eq!(idx.position_for(0), 0);
         assert_eq!(idx.position_for(5), 0);

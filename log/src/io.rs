@@ -48,11 +48,7 @@ pub fn select(kind: IoBackendKind) -> Result<Box<dyn Backend>> {
         IoBackendKind::Pwrite => Ok(Box::new(PwriteBackend)),
         IoBackendKind::IoUring => UringBackend::probe()
             .map(|b| Box::new(b) as Box<dyn Backend>)
-            .map_err(|e| {
-                LogError::Config(format!(
-                    "io_backend = io_uring, but io_uring is unavailable here: {e}"
-                ))
-            }),
+            .map_err(|e| LogError::Config(format!("io_backend = io_uring, but io_uring is unavailable here: {e}"))),
         IoBackendKind::Auto => match UringBackend::probe() {
             Ok(b) => Ok(Box::new(b)),
             Err(e) => {
@@ -90,10 +86,7 @@ fn iovecs_from(bufs: &[Bytes], mut skip: usize) -> Vec<libc::iovec> {
             skip -= b.len();
             continue;
         }
-        out.push(libc::iovec {
-            iov_base: b[skip..].as_ptr() as *mut libc::c_void,
-            iov_len: b.len() - skip,
-        });
+        out.push(libc::iovec { iov_base: b[skip..].as_ptr() as *mut libc::c_void, iov_len: b.len() - skip });
         skip = 0;
     }
     // The kernel takes at most IOV_MAX vectors per call; the rest go in a later call.
@@ -134,16 +127,10 @@ impl Backend for PwriteBackend {
                         if e.kind() == io::ErrorKind::Interrupted {
                             continue;
                         }
-                        return OpResult {
-                            write: Err(e),
-                            sync: None,
-                        };
+                        return OpResult { write: Err(e), sync: None };
                     }
                     if n == 0 {
-                        return OpResult {
-                            write: Err(io::ErrorKind::WriteZero.into()),
-                            sync: None,
-                        };
+                        return OpResult { write: Err(io::ErrorKind::WriteZero.into()), sync: None };
                     }
                     done += n as usize;
                 }
@@ -155,10 +142,7 @@ impl Backend for PwriteBackend {
                         Err(io::Error::last_os_error())
                     }
                 });
-                OpResult {
-                    write: Ok(()),
-                    sync,
-                }
+                OpResult { write: Ok(()), sync }
             })
             .collect()
     }
@@ -179,16 +163,9 @@ impl UringBackend {
         let mut ring = IoUring::new((OPS_PER_SUBMIT * 2) as u32)?;
         let nop = opcode::Nop::new().build().user_data(7);
         // SAFETY: a Nop references no memory.
-        unsafe {
-            ring.submission()
-                .push(&nop)
-                .map_err(|_| io::Error::other("submission queue full"))?
-        };
+        unsafe { ring.submission().push(&nop).map_err(|_| io::Error::other("submission queue full"))? };
         ring.submit_and_wait(1)?;
-        let cqe = ring
-            .completion()
-            .next()
-            .ok_or_else(|| io::Error::other("no completion for the probe"))?;
+        let cqe = ring.completion().next().ok_or_else(|| io::Error::other("no completion for the probe"))?;
         if cqe.result() < 0 {
             return Err(io::Error::from_raw_os_error(-cqe.result()));
         }
@@ -212,11 +189,10 @@ impl UringBackend {
                 let need_sync = op.sync && sync_res[i].is_none();
                 if need_write {
                     let iov = iovecs_from(op.bufs, written[i]);
-                    let mut e =
-                        opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
-                            .offset(op.pos + written[i] as u64)
-                            .build()
-                            .user_data((i as u64) << 1);
+                    let mut e = opcode::Writev::new(types::Fd(op.fd), iov.as_ptr(), iov.len() as u32)
+                        .offset(op.pos + written[i] as u64)
+                        .build()
+                        .user_data((i as u64) << 1);
                     iovecs.push(iov);
                     if need_sync {
                         e = e.flags(squeue::Flags::IO_LINK);
@@ -289,18 +265,8 @@ impl UringBackend {
         }
         (0..n)
             .map(|i| match write_err[i].take() {
-                Some(e) => OpResult {
-                    write: Err(e),
-                    sync: None,
-                },
-                None => OpResult {
-                    write: Ok(()),
-                    sync: if ops[i].sync {
-                        sync_res[i].take()
-                    } else {
-                        None
-                    },
-                },
+                Some(e) => OpResult { write: Err(e), sync: None },
+                None => OpResult { write: Ok(()), sync: if ops[i].sync { sync_res[i].take() } else { None } },
             })
             .collect()
     }
@@ -316,12 +282,7 @@ fn drain(ring: &mut IoUring, mut outstanding: usize) {
 }
 
 fn fail_all(n: usize, kind: io::ErrorKind) -> Vec<OpResult> {
-    (0..n)
-        .map(|_| OpResult {
-            write: Err(kind.into()),
-            sync: None,
-        })
-        .collect()
+    (0..n).map(|_| OpResult { write: Err(kind.into()), sync: None }).collect()
 }
 
 impl Backend for UringBackend {

@@ -87,9 +87,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 impl Log {
@@ -143,12 +141,7 @@ impl Log {
         for (i, w) in writers.iter().enumerate() {
             partitions.insert(
                 w.shared.name.clone(),
-                Partition {
-                    shared: w.shared.clone(),
-                    index: i,
-                    tx: tx.clone(),
-                    max_batch: config.max_batch_bytes,
-                },
+                Partition { shared: w.shared.clone(), index: i, tx: tx.clone(), max_batch: config.max_batch_bytes },
             );
         }
         let stats = Arc::new(WriterStats::default());
@@ -183,25 +176,13 @@ impl Log {
         if let Some(p) = parts.get(name) {
             return Ok(p.clone());
         }
-        let (w, report) =
-            recovery::open_partition(&self.inner.dir.join(name), name, &self.inner.config)?;
+        let (w, report) = recovery::open_partition(&self.inner.dir.join(name), name, &self.inner.config)?;
         let shared = w.shared.clone();
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner
-            .tx
-            .send(Command::AddPartition {
-                writer: Box::new(w),
-                reply,
-            })
-            .map_err(|_| LogError::Closed)?;
+        self.inner.tx.send(Command::AddPartition { writer: Box::new(w), reply }).map_err(|_| LogError::Closed)?;
         let index = rx.recv().map_err(|_| LogError::Closed)?;
         self.inner.reports.lock().insert(name.to_string(), report);
-        let p = Partition {
-            shared,
-            index,
-            tx: self.inner.tx.clone(),
-            max_batch: self.inner.config.max_batch_bytes,
-        };
+        let p = Partition { shared, index, tx: self.inner.tx.clone(), max_batch: self.inner.config.max_batch_bytes };
         parts.insert(name.to_string(), p.clone());
         Ok(p)
     }
@@ -245,20 +226,14 @@ impl Log {
     /// Forces an `fdatasync` of everything written and acknowledges it.
     pub fn flush(&self) -> Result<()> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner
-            .tx
-            .send(Command::Flush { reply })
-            .map_err(|_| LogError::Closed)?;
+        self.inner.tx.send(Command::Flush { reply }).map_err(|_| LogError::Closed)?;
         rx.recv().map_err(|_| LogError::Closed)?
     }
 
     /// Applies the retention limits now; returns how many segments were deleted.
     pub fn enforce_retention(&self) -> Result<usize> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner
-            .tx
-            .send(Command::Retention { reply })
-            .map_err(|_| LogError::Closed)?;
+        self.inner.tx.send(Command::Retention { reply }).map_err(|_| LogError::Closed)?;
         rx.recv().map_err(|_| LogError::Closed)?
     }
 
@@ -293,10 +268,7 @@ impl Drop for LogInner {
 
 fn log_report(name: &str, r: &RecoveryReport) {
     if r.clean {
-        tracing::info!(
-            partition = name,
-            "clean shutdown detected; no recovery needed"
-        );
+        tracing::info!(partition = name, "clean shutdown detected; no recovery needed");
     } else {
         tracing::info!(
             partition = name,
@@ -320,19 +292,10 @@ impl Partition {
         }
         let batch = EncodedBatch::encode(records);
         if batch.len() > self.max_batch {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: self.max_batch,
-            });
+            return Err(LogError::BatchTooLarge { size: batch.len(), max: self.max_batch });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                partition: self.index,
-                batch,
-                reply,
-            })
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Command::Append { partition: self.index, batch, reply }).map_err(|_| LogError::Closed)?;
         Ok(rx)
     }
 
@@ -351,12 +314,7 @@ impl Partition {
 
     /// Records from `offset` on; see [`Bounds`] for the readable range. At most `max_records`
     /// records, and stops once keys and values reach `max_bytes` (at least one is returned).
-    pub fn read(
-        &self,
-        offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredRecord>> {
+    pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         self.shared.read(offset, max_records, max_bytes)
     }
 
@@ -376,12 +334,7 @@ impl Partition {
 
     /// Sets the leader epoch stamped on later batches.
     pub fn set_leader_epoch(&self, epoch: u32) -> Result<()> {
-        self.tx
-            .send(Command::SetEpoch {
-                partition: self.index,
-                epoch,
-            })
-            .map_err(|_| LogError::Closed)
+        self.tx.send(Command::SetEpoch { partition: self.index, epoch }).map_err(|_| LogError::Closed)
     }
 
     /// Bytes of readable data.

@@ -50,13 +50,7 @@ pub struct PartitionShared {
 const READ_CHUNK: usize = 256 * 1024;
 
 impl PartitionShared {
-    pub fn new(
-        name: String,
-        dir: PathBuf,
-        config: Arc<LogConfig>,
-        segments: Vec<Arc<Segment>>,
-        end: u64,
-    ) -> Self {
+    pub fn new(name: String, dir: PathBuf, config: Arc<LogConfig>, segments: Vec<Arc<Segment>>, end: u64) -> Self {
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let (end_tx, _) = watch::channel(end);
         PartitionShared {
@@ -76,10 +70,7 @@ impl PartitionShared {
         // Load `log_start` after `end` so that a concurrent retention run can only make the
         // range look smaller, never include a deleted offset.
         let end = self.end.load(Ordering::Acquire);
-        Bounds {
-            log_start: self.log_start.load(Ordering::Acquire),
-            end,
-        }
+        Bounds { log_start: self.log_start.load(Ordering::Acquire), end }
     }
 
     /// Makes records below `end` visible and wakes tail readers.
@@ -119,23 +110,13 @@ impl PartitionShared {
     }
 
     fn out_of_range(&self, requested: u64, b: Bounds) -> LogError {
-        LogError::OffsetOutOfRange {
-            partition: self.name.clone(),
-            requested,
-            log_start: b.log_start,
-            end: b.end,
-        }
+        LogError::OffsetOutOfRange { partition: self.name.clone(), requested, log_start: b.log_start, end: b.end }
     }
 
     /// Records from `offset` on: at most `max_records`, and stopping once the keys and values
     /// returned add up to `max_bytes` (at least one record is returned when one is readable).
     /// `offset == end` returns nothing; outside `log_start..=end` is `OffsetOutOfRange`.
-    pub fn read(
-        &self,
-        offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredRecord>> {
+    pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         let b = self.bounds();
         if offset < b.log_start || offset > b.end {
             return Err(self.out_of_range(offset, b));
@@ -149,20 +130,16 @@ impl PartitionShared {
             if header.next_offset() <= offset {
                 return Ok(true);
             }
-            let records =
-                batch::decode_records(&data, &header).map_err(|d| LogError::CorruptBatch {
-                    path: self.dir.clone(),
-                    position: 0,
-                    reason: format!("batch at offset {}: {d}", header.base_offset),
-                })?;
+            let records = batch::decode_records(&data, &header).map_err(|d| LogError::CorruptBatch {
+                path: self.dir.clone(),
+                position: 0,
+                reason: format!("batch at offset {}: {d}", header.base_offset),
+            })?;
             for r in records {
                 if r.offset < offset {
                     continue;
                 }
-                if r.offset >= b.end
-                    || out.len() >= max_records
-                    || (bytes >= max_bytes && !out.is_empty())
-                {
+                if r.offset >= b.end || out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
                     return Ok(false);
                 }
                 bytes += r.value.len() + r.key.as_ref().map_or(0, Bytes::len);
@@ -196,16 +173,12 @@ impl PartitionShared {
                 if header.max_timestamp < ts_ms {
                     return Ok(true);
                 }
-                let records =
-                    batch::decode_records(&data, &header).map_err(|d| LogError::CorruptBatch {
-                        path: seg.path.clone(),
-                        position: 0,
-                        reason: d.to_string(),
-                    })?;
-                found = records
-                    .iter()
-                    .find(|r| r.offset >= start && r.timestamp >= ts_ms)
-                    .map(|r| r.offset);
+                let records = batch::decode_records(&data, &header).map_err(|d| LogError::CorruptBatch {
+                    path: seg.path.clone(),
+                    position: 0,
+                    reason: d.to_string(),
+                })?;
+                found = records.iter().find(|r| r.offset >= start && r.timestamp >= ts_ms).map(|r| r.offset);
                 Ok(found.is_none())
             })?;
             if found.is_some() {
@@ -217,25 +190,16 @@ impl PartitionShared {
 
     /// Calls `f` for every CRC-verified batch that may hold offsets in `from..end`, in order,
     /// until it returns `Ok(false)`.
-    fn walk_batches(
-        &self,
-        from: u64,
-        end: u64,
-        mut f: impl FnMut(BatchHeader, Bytes) -> Result<bool>,
-    ) -> Result<()> {
+    fn walk_batches(&self, from: u64, end: u64, mut f: impl FnMut(BatchHeader, Bytes) -> Result<bool>) -> Result<()> {
         let segments = self.segments.read().clone();
-        let first = segments
-            .partition_point(|s| s.base_offset <= from)
-            .saturating_sub(1);
+        let first = segments.partition_point(|s| s.base_offset <= from).saturating_sub(1);
         let max_batch = self.config.max_batch_bytes;
         for (n, seg) in segments[first..].iter().enumerate() {
             if seg.base_offset >= end {
                 break;
             }
             let mut pos = if n == 0 {
-                let rel = from
-                    .saturating_sub(seg.base_offset)
-                    .min(u64::from(u32::MAX)) as u32;
+                let rel = from.saturating_sub(seg.base_offset).min(u64::from(u32::MAX)) as u32;
                 u64::from(seg.index.read().position_for(rel))
             } else {
                 0
@@ -250,14 +214,10 @@ impl PartitionShared {
                     chunk_start = pos;
                     at = 0;
                 }
-                let header =
-                    BatchHeader::parse(&chunk[at..], max_batch).map_err(|d| seg.corrupt(pos, d))?;
+                let header = BatchHeader::parse(&chunk[at..], max_batch).map_err(|d| seg.corrupt(pos, d))?;
                 let len = header.length as usize;
-                let data = if at + len <= chunk.len() {
-                    chunk.slice(at..at + len)
-                } else {
-                    seg.read_committed(pos, len)?
-                };
+                let data =
+                    if at + len <= chunk.len() { chunk.slice(at..at + len) } else { seg.read_committed(pos, len)? };
                 batch::verify(&data, max_batch).map_err(|d| seg.corrupt(pos, d))?;
                 if header.base_offset >= end {
                     return Ok(());

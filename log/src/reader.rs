@@ -22,13 +22,7 @@ pub struct TailReader {
 impl TailReader {
     pub(crate) fn new(partition: Partition, from: u64) -> Self {
         let end_rx = partition.shared.subscribe();
-        TailReader {
-            partition,
-            next: from,
-            end_rx,
-            max_records: 1000,
-            max_bytes: 1 << 20,
-        }
+        TailReader { partition, next: from, end_rx, max_records: 1000, max_bytes: 1 << 20 }
     }
 
     /// Bounds each returned chunk (defaults: 1000 records, 1 MiB of keys and values).
@@ -49,9 +43,7 @@ impl TailReader {
         loop {
             let end = *self.end_rx.borrow_and_update();
             if self.next < end {
-                let records = self
-                    .partition
-                    .read(self.next, self.max_records, self.max_bytes)?;
+                let records = self.partition.read(self.next, self.max_records, self.max_bytes)?;
                 if let Some(last) = records.last() {
                     self.next = last.offset + 1;
                     return Ok(records);
@@ -73,22 +65,19 @@ impl TailReader {
 
     /// The reader as a stream of single records; it ends after the first error.
     pub fn into_stream(self) -> impl Stream<Item = Result<StoredRecord>> {
-        futures::stream::unfold(
-            (self, Vec::new().into_iter(), false),
-            |(mut r, mut buf, failed)| async move {
-                if failed {
-                    return None;
+        futures::stream::unfold((self, Vec::new().into_iter(), false), |(mut r, mut buf, failed)| async move {
+            if failed {
+                return None;
+            }
+            loop {
+                if let Some(rec) = buf.next() {
+                    return Some((Ok(rec), (r, buf, false)));
                 }
-                loop {
-                    if let Some(rec) = buf.next() {
-                        return Some((Ok(rec), (r, buf, false)));
-                    }
-                    match r.next_batch().await {
-                        Ok(v) => buf = v.into_iter(),
-                        Err(e) => return Some((Err(e), (r, buf, true))),
-                    }
+                match r.next_batch().await {
+                    Ok(v) => buf = v.into_iter(),
+                    Err(e) => return Some((Err(e), (r, buf, true))),
                 }
-            },
-        )
+            }
+        })
     }
 }

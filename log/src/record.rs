@@ -23,10 +23,7 @@ pub struct Record {
 impl Record {
     /// A record with only a value, stamped with the current time.
     pub fn new(value: impl Into<Bytes>) -> Self {
-        Record {
-            value: value.into(),
-            ..Record::default()
-        }
+        Record { value: value.into(), ..Record::default() }
     }
 
     /// Sets the key (used by partition-key indexes and by compaction-style readers).
@@ -43,10 +40,7 @@ impl Record {
 
     /// Adds a header.
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(Header {
-            key: key.into(),
-            value: value.into(),
-        });
+        self.headers.push(Header { key: key.into(), value: value.into() });
         self
     }
 }
@@ -66,8 +60,5 @@ pub struct StoredRecord {
 
 /// Current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -11,12 +11,12 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::appender::PartitionWriter;
 use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::partition::PartitionShared;
 use crate::segment::{self, ScanStop, Segment};
-use crate::appender::PartitionWriter;
 
 const CHECKPOINT: &str = "recovery-point";
 const CP_MAGIC: &[u8; 4] = b"AXRP";
@@ -99,11 +99,7 @@ pub struct RecoveryReport {
 }
 
 /// Opens (creating if needed) the partition in `dir`, recovering it.
-pub fn open_partition(
-    dir: &Path,
-    name: &str,
-    config: &Arc<LogConfig>,
-) -> Result<(PartitionWriter, RecoveryReport)> {
+pub fn open_partition(dir: &Path, name: &str, config: &Arc<LogConfig>) -> Result<(PartitionWriter, RecoveryReport)> {
     fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
@@ -123,37 +119,21 @@ pub fn open_partition(
 
     if bases.is_empty() {
         let (seg, preallocated) = Segment::create(dir, 0, interval, prealloc)?;
-        let cp = Checkpoint {
-            segment: 0,
-            position: 0,
-            next_offset: 0,
-            epoch: 0,
-            clean: false,
-        };
+        let cp = Checkpoint { segment: 0, position: 0, next_offset: 0, epoch: 0, clean: false };
         Checkpoint::write(dir, &cp)?;
         let seg = Arc::new(seg);
-        let shared = Arc::new(PartitionShared::new(
-            name.to_string(),
-            dir.to_path_buf(),
-            config.clone(),
-            vec![seg.clone()],
-            0,
-        ));
-        return Ok((
-            PartitionWriter::new(shared, seg, 0, 0, 0, preallocated),
-            report,
-        ));
+        let shared =
+            Arc::new(PartitionShared::new(name.to_string(), dir.to_path_buf(), config.clone(), vec![seg.clone()], 0));
+        return Ok((PartitionWriter::new(shared, seg, 0, 0, 0, preallocated), report));
     }
 
-    let cp = Checkpoint::read(dir)
-        .filter(|c| bases.contains(&c.segment))
-        .unwrap_or(Checkpoint {
-            segment: bases[0],
-            position: 0,
-            next_offset: bases[0],
-            epoch: 0,
-            clean: false,
-        });
+    let cp = Checkpoint::read(dir).filter(|c| bases.contains(&c.segment)).unwrap_or(Checkpoint {
+        segment: bases[0],
+        position: 0,
+        next_offset: bases[0],
+        epoch: 0,
+        clean: false,
+    });
     let last_base = *bases.last().unwrap_or(&0);
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut next = bases[0];
@@ -167,14 +147,9 @@ pub fn open_partition(
         let file = Segment::open_file(&path)?;
         let file_len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
         if base != next && i > 0 {
-            let reason =
-                format!("segment starts at offset {base} but the previous one ends at {next}");
+            let reason = format!("segment starts at offset {base} but the previous one ends at {next}");
             if !config.repair {
-                return Err(LogError::MidLogCorruption {
-                    path,
-                    position: 0,
-                    reason,
-                });
+                return Err(LogError::MidLogCorruption { path, position: 0, reason });
             }
             report.segments_removed += remove_segments(dir, &bases[i..])?;
             break;
@@ -232,17 +207,8 @@ pub fn open_partition(
             // At or after the checkpoint: headers up to it, then CRCs to the end.
             let mut from = (0, base);
             if base == cp.segment && cp.position > 0 {
-                let r = segment::scan(
-                    &file,
-                    &path,
-                    base,
-                    0,
-                    base,
-                    &mut index,
-                    false,
-                    config.max_batch_bytes,
-                    cp.position,
-                )?;
+                let r =
+                    segment::scan(&file, &path, base, 0, base, &mut index, false, config.max_batch_bytes, cp.position)?;
                 if r.valid_len == cp.position {
                     from = (cp.position, r.next_offset);
                 } else {
@@ -250,17 +216,8 @@ pub fn open_partition(
                     index = SegmentIndex::new(interval);
                 }
             }
-            let r = segment::scan(
-                &file,
-                &path,
-                base,
-                from.0,
-                from.1,
-                &mut index,
-                true,
-                config.max_batch_bytes,
-                u64::MAX,
-            )?;
+            let r =
+                segment::scan(&file, &path, base, from.0, from.1, &mut index, true, config.max_batch_bytes, u64::MAX)?;
             report.bytes_scanned += r.valid_len - from.0;
             (r.valid_len, r.next_offset, r.stop)
         };
@@ -268,36 +225,22 @@ pub fn open_partition(
         if valid_len < file_len {
             // Something other than batches follows. Decide: torn tail, or corruption with
             // valid data after it?
-            let later_data = bases[i + 1..].iter().any(|b| {
-                fs::metadata(dir.join(segment::file_name(*b)))
-                    .map(|m| m.len() > 0)
-                    .unwrap_or(false)
-            });
-            let found = segment::find_valid_batch_after(
-                &file,
-                &path,
-                valid_len,
-                seg_next,
-                config.max_batch_bytes,
-            )?;
+            let later_data = bases[i + 1..]
+                .iter()
+                .any(|b| fs::metadata(dir.join(segment::file_name(*b))).map(|m| m.len() > 0).unwrap_or(false));
+            let found = segment::find_valid_batch_after(&file, &path, valid_len, seg_next, config.max_batch_bytes)?;
             let defect = match &stop {
                 ScanStop::Defect { defect, .. } => Some(defect.to_string()),
                 ScanStop::End => None,
             };
             if found.is_some() || later_data {
-                let reason = defect
-                    .clone()
-                    .unwrap_or_else(|| "a zeroed region".to_string());
+                let reason = defect.clone().unwrap_or_else(|| "a zeroed region".to_string());
                 let reason = match found {
                     Some(p) => format!("{reason}; a valid batch follows at byte {p}"),
                     None => format!("{reason}; later segments hold data"),
                 };
                 if !config.repair {
-                    return Err(LogError::MidLogCorruption {
-                        path,
-                        position: valid_len,
-                        reason,
-                    });
+                    return Err(LogError::MidLogCorruption { path, position: valid_len, reason });
                 }
                 tracing::warn!(path = %path.display(), position = valid_len, %reason, "repair: truncating the partition at corrupt data");
                 report.segments_removed += remove_segments(dir, &bases[i + 1..])?;
@@ -306,8 +249,7 @@ pub fn open_partition(
                 report.bytes_truncated += file_len - valid_len;
                 tracing::warn!(path = %path.display(), position = valid_len, bytes = file_len - valid_len, defect = %d, "truncating a torn tail");
             }
-            file.set_len(valid_len)
-                .map_err(|e| LogError::io(&path, e))?;
+            file.set_len(valid_len).map_err(|e| LogError::io(&path, e))?;
             file.sync_all().map_err(|e| LogError::io(&path, e))?;
         }
         let seg = Segment::from_parts(base, path, file, index, valid_len, seg_next);
@@ -322,50 +264,24 @@ pub fn open_partition(
         i += 1;
     }
 
-    let active = segments
-        .last()
-        .cloned()
-        .ok_or_else(|| LogError::Config("no segment survived recovery".into()))?;
+    let active = segments.last().cloned().ok_or_else(|| LogError::Config("no segment survived recovery".into()))?;
     if !report.clean {
-        active
-            .file
-            .sync_data()
-            .map_err(|e| LogError::io(&active.path, e))?;
+        active.file.sync_data().map_err(|e| LogError::io(&active.path, e))?;
     }
     let mut preallocated = false;
     if let Some(len) = prealloc.filter(|l| end_len < *l) {
         // SAFETY: fallocate on a valid descriptor. The file grows to `len` and reads as zeros
         // past the data, which recovery treats as the end.
-        preallocated = unsafe {
-            libc::fallocate(
-                std::os::unix::io::AsRawFd::as_raw_fd(&active.file),
-                0,
-                0,
-                len as libc::off_t,
-            )
-        } == 0;
+        preallocated =
+            unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&active.file), 0, 0, len as libc::off_t) }
+                == 0;
     }
     Checkpoint::write(
         dir,
-        &Checkpoint {
-            segment: active.base_offset,
-            position: end_len,
-            next_offset: next,
-            epoch,
-            clean: false,
-        },
+        &Checkpoint { segment: active.base_offset, position: end_len, next_offset: next, epoch, clean: false },
     )?;
-    let shared = Arc::new(PartitionShared::new(
-        name.to_string(),
-        dir.to_path_buf(),
-        config.clone(),
-        segments,
-        next,
-    ));
-    Ok((
-        PartitionWriter::new(shared, active, end_len, next, epoch, preallocated),
-        report,
-    ))
+    let shared = Arc::new(PartitionShared::new(name.to_string(), dir.to_path_buf(), config.clone(), segments, next));
+    Ok((PartitionWriter::new(shared, active, end_len, next, epoch, preallocated), report))
 }
 
 fn last_epoch(seg: &Segment, config: &LogConfig) -> Option<u32> {

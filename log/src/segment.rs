@@ -50,12 +50,7 @@ pub struct Segment {
 impl Segment {
     /// Creates a new, empty segment file and reserves `prealloc` bytes if asked.
     /// Returns the segment and whether the reservation succeeded.
-    pub fn create(
-        dir: &Path,
-        base: u64,
-        interval: u32,
-        prealloc: Option<u64>,
-    ) -> Result<(Segment, bool)> {
+    pub fn create(dir: &Path, base: u64, interval: u32, prealloc: Option<u64>) -> Result<(Segment, bool)> {
         let path = dir.join(file_name(base));
         let file = OpenOptions::new()
             .read(true)
@@ -83,29 +78,15 @@ impl Segment {
             }
         }
         sync_dir(dir)?;
-        Ok((
-            Segment::from_parts(base, path, file, SegmentIndex::new(interval), 0, base),
-            preallocated,
-        ))
+        Ok((Segment::from_parts(base, path, file, SegmentIndex::new(interval), 0, base), preallocated))
     }
 
     /// Opens an existing segment file for reading and appending.
     pub fn open_file(path: &Path) -> Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| LogError::io(path, e))
+        OpenOptions::new().read(true).write(true).open(path).map_err(|e| LogError::io(path, e))
     }
 
-    pub fn from_parts(
-        base: u64,
-        path: PathBuf,
-        file: File,
-        index: SegmentIndex,
-        len: u64,
-        next: u64,
-    ) -> Segment {
+    pub fn from_parts(base: u64, path: PathBuf, file: File, index: SegmentIndex, len: u64, next: u64) -> Segment {
         Segment {
             base_offset: base,
             path,
@@ -153,11 +134,7 @@ impl Segment {
     }
 
     pub fn corrupt(&self, position: u64, defect: BatchDefect) -> LogError {
-        LogError::CorruptBatch {
-            path: self.path.clone(),
-            position,
-            reason: defect.to_string(),
-        }
+        LogError::CorruptBatch { path: self.path.clone(), position, reason: defect.to_string() }
     }
 }
 
@@ -179,9 +156,7 @@ pub fn read_exact_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<B
 
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::io(dir, e))
 }
 
 /// Where a scan of a segment stopped.
@@ -227,11 +202,7 @@ pub fn scan(
     let mut window = Bytes::new();
     loop {
         if pos >= file_len || pos >= until {
-            return Ok(ScanResult {
-                valid_len: pos,
-                next_offset: next,
-                stop: ScanStop::End,
-            });
+            return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::End });
         }
         // Make sure the window holds the header at `pos`.
         if pos + HEADER_LEN as u64 > window_start + window.len() as u64 {
@@ -241,78 +212,38 @@ pub fn scan(
         let at = (pos - window_start) as usize;
         let head = &window[at..];
         if head.len() >= HEADER_LEN && head[..HEADER_LEN].iter().all(|b| *b == 0) {
-            return Ok(ScanResult {
-                valid_len: pos,
-                next_offset: next,
-                stop: ScanStop::End,
-            });
+            return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::End });
         }
         let header = match BatchHeader::parse(head, max_batch) {
             Ok(h) => h,
             Err(defect) => {
-                return Ok(ScanResult {
-                    valid_len: pos,
-                    next_offset: next,
-                    stop: ScanStop::Defect { defect },
-                });
+                return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::Defect { defect } });
             }
         };
         let len = header.length as usize;
         if verify_crc {
             if at + len > window.len() {
                 window_start = pos;
-                window = read_exact_at(
-                    file,
-                    path,
-                    pos,
-                    CHUNK.max(len).min((file_len - pos) as usize),
-                )?;
+                window = read_exact_at(file, path, pos, CHUNK.max(len).min((file_len - pos) as usize))?;
             }
             let at = (pos - window_start) as usize;
             if let Err(defect) = batch::verify(&window[at..], max_batch) {
-                return Ok(ScanResult {
-                    valid_len: pos,
-                    next_offset: next,
-                    stop: ScanStop::Defect { defect },
-                });
+                return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::Defect { defect } });
             }
         } else if pos + len as u64 > file_len {
-            let defect = BatchDefect::Truncated {
-                have: (file_len - pos) as usize,
-                need: len,
-            };
-            return Ok(ScanResult {
-                valid_len: pos,
-                next_offset: next,
-                stop: ScanStop::Defect { defect },
-            });
+            let defect = BatchDefect::Truncated { have: (file_len - pos) as usize, need: len };
+            return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::Defect { defect } });
         }
         if header.base_offset != next {
             let defect = BatchDefect::BadRecords("base offset does not follow the previous batch");
-            return Ok(ScanResult {
-                valid_len: pos,
-                next_offset: next,
-                stop: ScanStop::Defect { defect },
-            });
+            return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::Defect { defect } });
         }
         let rel = header.base_offset - base;
-        if rel + u64::from(header.record_count) > u64::from(u32::MAX)
-            || pos + len as u64 > u64::from(u32::MAX)
-        {
+        if rel + u64::from(header.record_count) > u64::from(u32::MAX) || pos + len as u64 > u64::from(u32::MAX) {
             let defect = BatchDefect::BadRecords("segment exceeds 32-bit index range");
-            return Ok(ScanResult {
-                valid_len: pos,
-                next_offset: next,
-                stop: ScanStop::Defect { defect },
-            });
+            return Ok(ScanResult { valid_len: pos, next_offset: next, stop: ScanStop::Defect { defect } });
         }
-        index.on_batch(
-            rel as u32,
-            pos as u32,
-            header.length,
-            header.first_timestamp,
-            header.max_timestamp,
-        );
+        index.on_batch(rel as u32, pos as u32, header.length, header.first_timestamp, header.max_timestamp);
         next = header.next_offset();
         pos += len as u64;
     }

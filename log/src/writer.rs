@@ -44,28 +44,12 @@ pub struct WriterStats {
 
 /// Messages to the writer thread.
 pub enum Command {
-    Append {
-        partition: usize,
-        batch: EncodedBatch,
-        reply: oneshot::Sender<Result<Appended>>,
-    },
-    AddPartition {
-        writer: Box<PartitionWriter>,
-        reply: Sender<usize>,
-    },
-    SetEpoch {
-        partition: usize,
-        epoch: u32,
-    },
-    Retention {
-        reply: Sender<Result<usize>>,
-    },
-    Flush {
-        reply: Sender<Result<()>>,
-    },
-    Shutdown {
-        reply: Sender<Result<()>>,
-    },
+    Append { partition: usize, batch: EncodedBatch, reply: oneshot::Sender<Result<Appended>> },
+    AddPartition { writer: Box<PartitionWriter>, reply: Sender<usize> },
+    SetEpoch { partition: usize, epoch: u32 },
+    Retention { reply: Sender<Result<usize>> },
+    Flush { reply: Sender<Result<()>> },
+    Shutdown { reply: Sender<Result<()>> },
 }
 
 /// The writer thread's state.
@@ -130,7 +114,9 @@ impl Writer {
     pub fn run(mut self) {
         loop {
             let deadline = match self.cfg.fsync {
-                FsyncPolicy::Interval(d) if self.parts.iter().any(|p| p.unsynced) => (self.last_sync + d).min(self.next_retention),
+                FsyncPolicy::Interval(d) if self.parts.iter().any(|p| p.unsynced) => {
+                    (self.last_sync + d).min(self.next_retention)
+                }
                 _ => self.next_retention,
             };
             let first = match self.rx.recv_deadline(deadline) {
@@ -193,7 +179,12 @@ impl Writer {
         let mut who = Vec::new();
         for (i, p) in self.parts.iter().enumerate() {
             if !p.round_bufs.is_empty() {
-                ops.push(WriteOp { fd: std::os::unix::io::AsRawFd::as_raw_fd(&p.active.file), pos: p.position, bufs: &p.round_bufs, sync: false });
+                ops.push(WriteOp {
+                    fd: std::os::unix::io::AsRawFd::as_raw_fd(&p.active.file),
+                    pos: p.position,
+                    bufs: &p.round_bufs,
+                    sync: false,
+                });
                 who.push(i);
             }
         }

@@ -38,21 +38,12 @@ async fn multi_record_batches_get_contiguous_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), config(BACKENDS[0]));
     let p = log.partition("p").unwrap();
-    let a = p
-        .append(&(0..10).map(rec).collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let b = p
-        .append(&(10..15).map(rec).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let a = p.append(&(0..10).map(rec).collect::<Vec<_>>()).await.unwrap();
+    let b = p.append(&(10..15).map(rec).collect::<Vec<_>>()).await.unwrap();
     assert_eq!((a.base_offset, a.last_offset), (0, 9));
     assert_eq!((b.base_offset, b.last_offset), (10, 14));
     let mid = p.read(7, 5, usize::MAX).unwrap();
-    assert_eq!(
-        mid.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![7, 8, 9, 10, 11]
-    );
+    assert_eq!(mid.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![7, 8, 9, 10, 11]);
 }
 
 #[tokio::test]
@@ -94,9 +85,7 @@ async fn readers_at_every_position_see_the_same_records() {
     let log = open(dir.path(), small_segments(BACKENDS[0], 16 * 1024));
     let p = log.partition("p").unwrap();
     for chunk in (0..1000u64).collect::<Vec<_>>().chunks(13) {
-        p.append(&chunk.iter().map(|i| rec(*i)).collect::<Vec<_>>())
-            .await
-            .unwrap();
+        p.append(&chunk.iter().map(|i| rec(*i)).collect::<Vec<_>>()).await.unwrap();
     }
     assert!(p.segment_count() >= 3);
     for start in (0..1000u64).step_by(37) {
@@ -117,17 +106,9 @@ async fn reads_outside_the_bounds_are_typed_errors() {
     let log = open(dir.path(), config(BACKENDS[0]));
     let p = log.partition("p").unwrap();
     p.append(&[rec(0), rec(1)]).await.unwrap();
-    assert!(
-        p.read(2, 10, usize::MAX).unwrap().is_empty(),
-        "at the end: empty, not an error"
-    );
+    assert!(p.read(2, 10, usize::MAX).unwrap().is_empty(), "at the end: empty, not an error");
     match p.read(3, 10, usize::MAX) {
-        Err(LogError::OffsetOutOfRange {
-            requested: 3,
-            log_start: 0,
-            end: 2,
-            ..
-        }) => {}
+        Err(LogError::OffsetOutOfRange { requested: 3, log_start: 0, end: 2, .. }) => {}
         other => panic!("expected OffsetOutOfRange, got {other:?}"),
     }
 }
@@ -162,10 +143,7 @@ async fn tail_readers_wake_on_new_appends() {
         }
     });
     for h in handles {
-        let seen = tokio::time::timeout(Duration::from_secs(30), h)
-            .await
-            .unwrap()
-            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(30), h).await.unwrap().unwrap();
         assert_eq!(seen, (0..300).collect::<Vec<_>>());
     }
 }
@@ -179,10 +157,7 @@ async fn closing_the_log_ends_tail_readers() {
     let h = tokio::spawn(async move { r.next_batch().await });
     tokio::time::sleep(Duration::from_millis(20)).await;
     log.close().unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), h)
-        .await
-        .unwrap()
-        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), h).await.unwrap().unwrap();
     assert!(matches!(res, Err(LogError::Closed)));
     assert!(matches!(p.append(&[rec(0)]).await, Err(LogError::Closed)));
 }
@@ -193,9 +168,7 @@ async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     let log = open(dir.path(), small_segments(BACKENDS[0], 8192));
     let p = log.partition("p").unwrap();
     for i in 0..500u64 {
-        p.append(&[rec(i).with_timestamp(1_000_000 + (i as i64) * 10)])
-            .await
-            .unwrap();
+        p.append(&[rec(i).with_timestamp(1_000_000 + (i as i64) * 10)]).await.unwrap();
     }
     assert!(p.segment_count() > 2);
     assert_eq!(p.offset_for_timestamp(0).unwrap(), Some(0));
@@ -209,10 +182,7 @@ async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
 #[tokio::test]
 async fn segments_roll_by_age() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        segment_max_age: Duration::from_millis(50),
-        ..config(BACKENDS[0])
-    };
+    let cfg = LogConfig { segment_max_age: Duration::from_millis(50), ..config(BACKENDS[0]) };
     let log = open(dir.path(), cfg);
     let p = log.partition("p").unwrap();
     p.append(&[rec(0)]).await.unwrap();
@@ -226,10 +196,7 @@ async fn segments_roll_by_age() {
 async fn retention_by_size_deletes_whole_old_segments() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = LogConfig {
-            retention_bytes: Some(20 * 1024),
-            ..small_segments(backend, 8192)
-        };
+        let cfg = LogConfig { retention_bytes: Some(20 * 1024), ..small_segments(backend, 8192) };
         let log = open(dir.path(), cfg);
         let p = log.partition("p").unwrap();
         for i in 0..1000u64 {
@@ -238,17 +205,10 @@ async fn retention_by_size_deletes_whole_old_segments() {
         let before = p.segment_count();
         let deleted = log.enforce_retention().unwrap();
         assert!(deleted > 0 && p.segment_count() == before - deleted);
-        assert!(
-            p.size_bytes() <= 20 * 1024 + 8192,
-            "size {} over the limit",
-            p.size_bytes()
-        );
+        assert!(p.size_bytes() <= 20 * 1024 + 8192, "size {} over the limit", p.size_bytes());
         let b = p.bounds();
         assert!(b.log_start > 0);
-        assert!(matches!(
-            p.read(0, 1, usize::MAX),
-            Err(LogError::OffsetOutOfRange { .. })
-        ));
+        assert!(matches!(p.read(0, 1, usize::MAX), Err(LogError::OffsetOutOfRange { .. })));
         let rest = p.read(b.log_start, 10_000, usize::MAX).unwrap();
         assert_eq!(rest.len() as u64, 1000 - b.log_start);
         // log_start survives a reopen.
@@ -261,10 +221,7 @@ async fn retention_by_size_deletes_whole_old_segments() {
 #[tokio::test]
 async fn retention_by_age_deletes_segments_whose_newest_record_is_old() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        retention_age: Some(Duration::from_secs(3600)),
-        ..small_segments(BACKENDS[0], 4096)
-    };
+    let cfg = LogConfig { retention_age: Some(Duration::from_secs(3600)), ..small_segments(BACKENDS[0], 4096) };
     let log = open(dir.path(), cfg);
     let p = log.partition("p").unwrap();
     let old = axle_log::now_ms() - 2 * 3600 * 1000;
@@ -276,19 +233,8 @@ async fn retention_by_age_deletes_segments_whose_newest_record_is_old() {
     }
     log.enforce_retention().unwrap();
     let b = p.bounds();
-    assert!(
-        b.log_start > 150,
-        "old segments deleted, log start {}",
-        b.log_start
-    );
-    assert_eq!(
-        p.read(b.log_start, 1000, usize::MAX)
-            .unwrap()
-            .last()
-            .unwrap()
-            .offset,
-        209
-    );
+    assert!(b.log_start > 150, "old segments deleted, log start {}", b.log_start);
+    assert_eq!(p.read(b.log_start, 1000, usize::MAX).unwrap().last().unwrap().offset, 209);
 }
 
 #[tokio::test]
@@ -301,10 +247,7 @@ async fn every_fsync_policy_acknowledges_and_persists() {
     ] {
         for backend in BACKENDS {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = LogConfig {
-                fsync: policy,
-                ..config(backend)
-            };
+            let cfg = LogConfig { fsync: policy, ..config(backend) };
             let log = open(dir.path(), cfg.clone());
             let p = log.partition("p").unwrap();
             let tasks: Vec<_> = (0..16u64)
@@ -323,15 +266,8 @@ async fn every_fsync_policy_acknowledges_and_persists() {
             assert_eq!(p.bounds().end, 800, "{policy:?}");
             log.close().unwrap();
             let log = open(dir.path(), cfg);
-            assert_eq!(log.recovery_report("p").unwrap().clean, true);
-            assert_eq!(
-                log.partition("p")
-                    .unwrap()
-                    .read(0, 1000, usize::MAX)
-                    .unwrap()
-                    .len(),
-                800
-            );
+            assert!(log.recovery_report("p").unwrap().clean);
+            assert_eq!(log.partition("p").unwrap().read(0, 1000, usize::MAX).unwrap().len(), 800);
         }
     }
 }
@@ -339,27 +275,12 @@ async fn every_fsync_policy_acknowledges_and_persists() {
 #[tokio::test]
 async fn bad_appends_and_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = LogConfig {
-        max_batch_bytes: 1024,
-        ..config(BACKENDS[0])
-    };
+    let cfg = LogConfig { max_batch_bytes: 1024, ..config(BACKENDS[0]) };
     let log = open(dir.path(), cfg);
-    assert!(matches!(
-        log.partition("../x"),
-        Err(LogError::InvalidPartitionName(_))
-    ));
-    assert!(matches!(
-        log.partition(""),
-        Err(LogError::InvalidPartitionName(_))
-    ));
+    assert!(matches!(log.partition("../x"), Err(LogError::InvalidPartitionName(_))));
+    assert!(matches!(log.partition(""), Err(LogError::InvalidPartitionName(_))));
     let p = log.partition("ok").unwrap();
     assert!(matches!(p.append(&[]).await, Err(LogError::EmptyAppend)));
-    assert!(matches!(
-        p.append(&[Record::new(vec![0u8; 2000])]).await,
-        Err(LogError::BatchTooLarge { .. })
-    ));
-    assert!(
-        Log::open(dir.path(), config(BACKENDS[0])).is_err(),
-        "a second opener is refused by the lock"
-    );
+    assert!(matches!(p.append(&[Record::new(vec![0u8; 2000])]).await, Err(LogError::BatchTooLarge { .. })));
+    assert!(Log::open(dir.path(), config(BACKENDS[0])).is_err(), "a second opener is refused by the lock");
 }

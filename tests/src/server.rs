@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 pub fn axle_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
     let bin = profile_dir.join("axle");
     assert!(
         bin.exists(),
@@ -43,11 +40,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()?;
-        Ok(Server {
-            child,
-            data_dir: data_dir.to_path_buf(),
-            log_path,
-        })
+        Ok(Server { child, data_dir: data_dir.to_path_buf(), log_path })
     }
 
     /// The server's stderr so far.

@@ -40,11 +40,8 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
 #[test]
 fn bad_flags_fail_with_a_message_naming_them() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(axle_bin())
-        .args(["serve", "--fsync", "5parsecs", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(axle_bin()).args(["serve", "--fsync", "5parsecs", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--fsync") && err.contains("unknown unit"), "stderr: {err}");

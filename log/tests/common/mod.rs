@@ -9,19 +9,11 @@ use axle_log::{FsyncPolicy, IoBackendKind, Log, LogConfig, Record};
 pub const BACKENDS: [IoBackendKind; 2] = [IoBackendKind::IoUring, IoBackendKind::Pwrite];
 
 pub fn config(backend: IoBackendKind) -> LogConfig {
-    LogConfig {
-        io_backend: backend,
-        fsync: FsyncPolicy::Always,
-        ..LogConfig::default()
-    }
+    LogConfig { io_backend: backend, fsync: FsyncPolicy::Always, ..LogConfig::default() }
 }
 
 pub fn small_segments(backend: IoBackendKind, segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        index_interval_bytes: 256,
-        ..config(backend)
-    }
+    LogConfig { segment_bytes, index_interval_bytes: 256, ..config(backend) }
 }
 
 pub fn open(dir: &Path, cfg: LogConfig) -> Log {
