@@ -20,16 +20,22 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Directory holding the log and metadata.
-    #[arg(long, env = "AXLE_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    /// TOML configuration file (see axle.toml.example); flags below override it.
+    #[arg(long, env = "AXLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the log and metadata [default: ./data].
+    #[arg(long, env = "AXLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// When appended data is fsynced: `always`, `never`, an interval such as `5ms`, or a byte
-    /// count such as `1MiB`.
-    #[arg(long, env = "AXLE_FSYNC", default_value = "always")]
-    pub fsync: String,
-    /// Log write path: `auto` (io_uring, else pwritev), `io_uring` or `pwrite`.
-    #[arg(long, env = "AXLE_IO_BACKEND", default_value = "auto")]
-    pub io_backend: String,
+    /// count such as `1MiB` [default: always].
+    #[arg(long, env = "AXLE_FSYNC")]
+    pub fsync: Option<String>,
+    /// Log write path: `auto` (io_uring, else pwritev), `io_uring` or `pwrite` [default: auto].
+    #[arg(long, env = "AXLE_IO_BACKEND")]
+    pub io_backend: Option<String>,
+    /// MQTT over TCP listen address [default: 0.0.0.0:1883].
+    #[arg(long, env = "AXLE_MQTT_TCP")]
+    pub mqtt_tcp: Option<std::net::SocketAddr>,
     /// Truncate partitions at mid-log corruption instead of refusing to start.
     #[arg(long)]
     pub repair: bool,

@@ -5,3 +5,13 @@
 //! fsync policies beyond passing configuration through.
 
 pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod listener;
+pub mod outbound;
+pub mod retained;
+pub mod session;
+pub mod topic_tree;
+pub mod will;

@@ -1,8 +1,14 @@
 //! The `axle` binary.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{bail, Context};
 use axle_broker::cli::{Cli, Command, ServeArgs};
-use axle_log::{IoBackendKind, Log, LogConfig};
+use axle_broker::config::Config;
+use axle_broker::hub::Hub;
+use axle_engine::{Engine, EngineConfig};
+use axle_log::{IoBackendKind, LogConfig};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
@@ -24,32 +30,78 @@ fn init_tracing(format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format)?;
-    let mut config = LogConfig {
-        fsync: args.fsync.parse().map_err(anyhow::Error::msg).context("--fsync")?,
-        repair: args.repair,
-        ..LogConfig::default()
+/// The configuration file (if any) with the command-line overrides applied.
+fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
     };
-    config.io_backend = match args.io_backend.as_str() {
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(f) = &args.fsync {
+        cfg.log.fsync = f.clone();
+    }
+    if let Some(b) = &args.io_backend {
+        cfg.log.io_backend = b.clone();
+    }
+    if let Some(a) = args.mqtt_tcp {
+        cfg.listeners.tcp = a;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn log_config(cfg: &Config, repair: bool) -> anyhow::Result<LogConfig> {
+    let io_backend = match cfg.log.io_backend.as_str() {
         "auto" => IoBackendKind::Auto,
         "io_uring" => IoBackendKind::IoUring,
         "pwrite" => IoBackendKind::Pwrite,
-        other => bail!("--io-backend {other:?} is not supported: use auto, io_uring or pwrite"),
+        other => bail!("--io-backend / log.io_backend {other:?} is not supported: use auto, io_uring or pwrite"),
     };
-    let log_dir = args.data_dir.join("log");
-    let log = Log::open(&log_dir, config).with_context(|| format!("opening the log in {}", log_dir.display()))?;
-    tracing::info!(data_dir = %args.data_dir.display(), backend = log.io_backend(), "axle serving");
+    Ok(LogConfig {
+        fsync: cfg.log.fsync.parse().map_err(anyhow::Error::msg).context("--fsync / log.fsync")?,
+        io_backend,
+        segment_bytes: cfg.log.segment_bytes,
+        retention_bytes: cfg.log.retention_bytes,
+        retention_age: cfg.log.retention_hours.map(|h| Duration::from_secs(h * 3600)),
+        repair,
+        ..LogConfig::default()
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing(&args.log_format)?;
+    let cfg = effective_config(&args)?;
+    let engine_cfg = EngineConfig {
+        data_dir: cfg.data_dir.clone(),
+        log: log_config(&cfg, args.repair)?,
+        streams: cfg.stream_configs()?,
+        default_partitions: cfg.default_stream_partitions,
+    };
+    let engine = Arc::new(
+        Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?,
+    );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async {
+    let data_dir = cfg.data_dir.clone();
+    let tcp = cfg.listeners.tcp;
+    let result = rt.block_on(async {
+        let hub = Hub::new(engine.clone(), cfg);
+        hub.spawn_dispatchers();
+        let (mqtt_addr, accept) =
+            axle_broker::listener::tcp(hub.clone(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
+        tracing::info!(data_dir = %data_dir.display(), mqtt_tcp = %mqtt_addr, backend = engine.log().io_backend(), "axle serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         }
-        Ok::<_, std::io::Error>(())
-    })?;
-    log.close().context("closing the log")?;
+        accept.abort();
+        Ok::<_, anyhow::Error>(())
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    engine.close().context("closing the log and metadata store")?;
+    result?;
     tracing::info!("axle stopped cleanly");
     Ok(())
 }

@@ -2,9 +2,158 @@
 //! streams (named sets of log partitions with a partition key), the metadata kept beside
 //! the log in RocksDB (sessions, subscriptions, cursors, retained messages, consumer-group
 //! offsets, export checkpoints), replication, and the notification of tail readers. It speaks
-//! in topics and records, never in MQTT packets, and never touches segment files: those
+//! in topics and messages, never in MQTT packets, and never touches segment files: those
 //! belong to `axle-log`.
 
+pub mod message;
 pub mod meta;
+pub mod stream;
+pub mod topic;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use axle_log as log;
+use axle_log::{Log, LogConfig};
+pub use message::Message;
+pub use meta::{MetaError, MetaOp, MetaStore};
+pub use stream::{PartitionKey, StreamConfig, StreamSet};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Log(#[from] axle_log::LogError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("invalid stream configuration: {0}")]
+    Config(String),
+}
+
+/// Everything the engine needs to open.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Holds `log/` and `meta/`.
+    pub data_dir: PathBuf,
+    pub log: LogConfig,
+    /// Configured streams, in routing order (the default stream is added).
+    pub streams: Vec<StreamConfig>,
+    /// Partitions of the default stream.
+    pub default_partitions: u32,
+}
+
+/// One partition of one stream.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    /// Index in [`Engine::partitions`]; stable while the configuration is.
+    pub id: usize,
+    /// Log partition name, `<stream>-<n>`: the stable identity persisted in cursors.
+    pub name: String,
+    /// Index of the stream in [`StreamSet::streams`].
+    pub stream: usize,
+    pub log: axle_log::Partition,
+}
+
+/// The open engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    log: Log,
+    meta: Arc<MetaStore>,
+    streams: StreamSet,
+    partitions: Vec<PartitionHandle>,
+    /// `first[s]` = id of partition 0 of stream `s`.
+    first: Vec<usize>,
+}
+
+impl Engine {
+    /// Opens the log and the metadata store under `data_dir` and every stream partition.
+    pub fn open(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        let streams = StreamSet::new(cfg.streams, cfg.default_partitions).map_err(EngineError::Config)?;
+        let log = Log::open(cfg.data_dir.join("log"), cfg.log)?;
+        let meta = Arc::new(MetaStore::open(&cfg.data_dir.join("meta"))?);
+        let mut partitions = Vec::new();
+        let mut first = Vec::new();
+        for (si, s) in streams.streams().iter().enumerate() {
+            first.push(partitions.len());
+            for n in 0..s.partitions {
+                let name = s.partition_name(n);
+                let log_part = log.partition(&name)?;
+                partitions.push(PartitionHandle { id: partitions.len(), name, stream: si, log: log_part });
+            }
+        }
+        Ok(Engine { log, meta, streams, partitions, first })
+    }
+
+    pub fn streams(&self) -> &StreamSet {
+        &self.streams
+    }
+
+    pub fn partitions(&self) -> &[PartitionHandle] {
+        &self.partitions
+    }
+
+    pub fn partition_by_name(&self, name: &str) -> Option<&PartitionHandle> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    pub fn meta(&self) -> &Arc<MetaStore> {
+        &self.meta
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The partition id and partition key for a message on `topic` from `client_id`.
+    pub fn route<'a>(&self, topic: &'a str, client_id: &'a str) -> (usize, &'a str) {
+        let si = self.streams.stream_for(topic);
+        let s = &self.streams.streams()[si];
+        let key = s.key_of(topic, client_id);
+        (self.first[si] + s.partition_of(key) as usize, key)
+    }
+
+    /// Appends `msg` to its partition. Resolves once it is durable under the fsync policy;
+    /// returns (partition id, offset).
+    pub async fn publish(&self, msg: &Message) -> Result<(usize, u64), EngineError> {
+        let (pid, key) = self.route(&msg.topic, &msg.publisher);
+        let at = self.partitions[pid].log.append(&[msg.to_record(key)]).await?;
+        Ok((pid, at.base_offset))
+    }
+
+    /// Queues `msg` for appending now and returns (partition id, a future resolving to its
+    /// offset once durable). Messages queued one after another keep their order.
+    pub fn publish_start(&self, msg: &Message) -> Result<(usize, axle_log::PendingAppend), EngineError> {
+        let (pid, key) = self.route(&msg.topic, &msg.publisher);
+        Ok((pid, self.partitions[pid].log.append_start(&[msg.to_record(key)])?))
+    }
+
+    /// The partitions that can hold messages matching `filter`, each with the partition key
+    /// that every such message has, when the filter pins one (`v/VIN1/#` on a stream keyed
+    /// by two levels): a reader then needs only that key's records.
+    pub fn partitions_for_filter(&self, filter: &str) -> Vec<(usize, Option<String>)> {
+        let mut out = Vec::new();
+        let mut taken: Vec<&str> = Vec::new();
+        for (si, s) in self.streams.streams().iter().enumerate() {
+            let reachable = s.filters.iter().any(|f| topic::overlaps(f, filter));
+            taken.extend(s.filters.iter().map(String::as_str));
+            if !reachable {
+                continue;
+            }
+            let pinned = match s.key {
+                PartitionKey::TopicLevels(n) => topic::pinned_prefix(filter, n),
+                PartitionKey::ClientId => None,
+            };
+            match pinned {
+                Some(key) => out.push((self.first[si] + s.partition_of(key) as usize, Some(key.to_string()))),
+                None => out.extend((0..s.partitions as usize).map(|n| (self.first[si] + n, None))),
+            }
+        }
+        out
+    }
+
+    /// Flushes the log and the metadata store and closes the log.
+    pub fn close(&self) -> Result<(), EngineError> {
+        self.meta.flush()?;
+        self.log.close()?;
+        Ok(())
+    }
+}

@@ -281,6 +281,19 @@ fn log_report(name: &str, r: &RecoveryReport) {
     }
 }
 
+/// An append already queued to the writer; resolves with its acknowledgement.
+pub struct PendingAppend {
+    rx: oneshot::Receiver<Result<Appended>>,
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+    }
+}
+
 impl Partition {
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -297,6 +310,13 @@ impl Partition {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Append { partition: self.index, batch, reply }).map_err(|_| LogError::Closed)?;
         Ok(rx)
+    }
+
+    /// Submits `records` as one batch now (so appends submitted one after another keep their
+    /// order) and returns a future for its acknowledgement. Encoding and queueing happen
+    /// before this returns; the future only waits.
+    pub fn append_start(&self, records: &[Record]) -> Result<PendingAppend> {
+        Ok(PendingAppend { rx: self.submit(records)? })
     }
 
     /// Appends `records` as one batch. Resolves once the batch is durable under the fsync

@@ -27,20 +27,47 @@ pub struct Server {
 
 impl Server {
     /// Starts `axle serve` on `data_dir` with extra arguments; stderr goes to a file beside it.
+    /// MQTT listens on an ephemeral loopback port unless `extra` sets `--mqtt-tcp`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         let log_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&log_path)?;
-        let child = Command::new(axle_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+        let mut cmd = Command::new(axle_bin());
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(extra);
+        if !extra.contains(&"--mqtt-tcp") {
+            cmd.args(["--mqtt-tcp", "127.0.0.1:0"]);
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()?;
         Ok(Server { child, data_dir: data_dir.to_path_buf(), log_path })
+    }
+
+    /// Starts the server and waits until it serves; returns it with its MQTT port.
+    pub fn start_ready(data_dir: &Path, extra: &[&str]) -> anyhow::Result<(Server, u16)> {
+        let s = Server::start(data_dir, extra)?;
+        let port = s
+            .wait_mqtt_port(Duration::from_secs(30))
+            .ok_or_else(|| anyhow::anyhow!("server did not start:\n{}", s.output()))?;
+        Ok((s, port))
+    }
+
+    /// The MQTT port from the latest "axle serving" line, waiting up to `timeout`.
+    pub fn wait_mqtt_port(&self, timeout: Duration) -> Option<u16> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let out = self.output();
+            if let Some(line) = out.lines().rev().find(|l| l.contains("axle serving")) {
+                let at = line.find("mqtt_tcp=")? + "mqtt_tcp=".len();
+                let addr: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+                return addr.rsplit(':').next()?.parse().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The server's stderr so far.

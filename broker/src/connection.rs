@@ -1,0 +1,903 @@
+//! One MQTT connection: the CONNECT handshake, the inbound flows (PUBLISH at QoS 0/1/2,
+//! SUBSCRIBE, UNSUBSCRIBE, PING, DISCONNECT), keepalive, takeover, and the end of the
+//! connection (will message, session save or removal). Outbound delivery is in
+//! `outbound.rs`. The transport is any byte stream.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axle_engine::Message;
+use bytes::BytesMut;
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::codec::{
+    self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet,
+    ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::hub::{Delivery, Hub, Online, SessionHandle};
+use crate::outbound::{Offer, Outbound};
+use crate::session::{SessionState, Subscription};
+
+/// Time a client has to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a persistent session's cursors are saved while connected.
+const SAVE_EVERY: Duration = Duration::from_millis(500);
+/// Records read from the log per catch-up step.
+const CATCH_UP_BATCH: usize = 256;
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, u8, Result<(), String>)> + Send>>;
+
+/// Why a connection ended.
+enum End {
+    /// DISCONNECT received; `true` if it asks for the will to be published (0x04).
+    Disconnect(bool),
+    /// The broker closes: send this DISCONNECT reason (v5) and close.
+    Server(ReasonCode, String),
+    /// The network connection ended or failed.
+    Network,
+}
+
+/// Serves one connection until it ends.
+pub async fn serve<S>(hub: Arc<Hub>, mut io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(8 * 1024);
+    let max_packet = hub.config.mqtt.max_packet_size;
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut io, &mut rbuf, max_packet)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(reply)) => {
+            if let Some((packet, version)) = reply {
+                let mut out = BytesMut::new();
+                if codec::encode(&packet, version, &mut out).is_ok() {
+                    let _ = io.write_all(&out).await;
+                }
+            }
+            tracing::debug!(%peer, "connection closed before a valid CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {CONNECT_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    let version = connect.protocol;
+    let mut conn = match Connection::accept(hub.clone(), connect, peer).await {
+        Ok(c) => c,
+        Err(connack) => {
+            let mut out = BytesMut::new();
+            if codec::encode(&Packet::ConnAck(connack), version, &mut out).is_ok() {
+                let _ = io.write_all(&out).await;
+            }
+            return;
+        }
+    };
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    conn.start(&mut out);
+    let end = if io.write_all(&out).await.is_err() { End::Network } else { conn.run(&mut io, rbuf).await };
+    conn.finish(&mut io, end).await;
+}
+
+/// Reads the first packet; it must be CONNECT. On failure, maybe a CONNACK to send.
+async fn read_connect<S: AsyncRead + Unpin>(
+    io: &mut S,
+    rbuf: &mut BytesMut,
+    max_packet: u32,
+) -> Result<Connect, Option<(Packet, ProtocolVersion)>> {
+    loop {
+        match codec::decode(rbuf, None, max_packet) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(_)) => return Err(None),
+            Ok(None) => {}
+            Err(e) => {
+                let reason = e.reason_code();
+                return Err(match codec::peek_connect_version(rbuf) {
+                    Some(ProtocolVersion::V5) => Some((
+                        Packet::ConnAck(ConnAck { session_present: false, reason, properties: Default::default() }),
+                        ProtocolVersion::V5,
+                    )),
+                    _ if reason == ReasonCode::UnsupportedProtocolVersion => Some((
+                        Packet::ConnAck(ConnAck { session_present: false, reason, properties: Default::default() }),
+                        ProtocolVersion::V311,
+                    )),
+                    _ => None,
+                });
+            }
+        }
+        match io.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+struct Connection {
+    hub: Arc<Hub>,
+    peer: SocketAddr,
+    version: ProtocolVersion,
+    client_id: String,
+    username: Option<String>,
+    session: SessionState,
+    session_present: bool,
+    assigned_id: bool,
+    keep_alive: Duration,
+    server_keep_alive: Option<u16>,
+    will: Option<codec::Will>,
+    handle: Arc<SessionHandle>,
+    rx: mpsc::Receiver<Delivery>,
+    online: Arc<tokio::sync::Notify>,
+    gone: Arc<tokio::sync::Notify>,
+    gone_flag: Arc<std::sync::atomic::AtomicBool>,
+    outbound: Outbound,
+    in_aliases: std::collections::HashMap<u16, String>,
+    pending: FuturesOrdered<Pending>,
+    clean_disconnect: bool,
+}
+
+fn refuse(version: ProtocolVersion, reason: ReasonCode) -> ConnAck {
+    let reason = if version == ProtocolVersion::V311 && reason.to_v311_connack().is_none() {
+        ReasonCode::UnspecifiedError
+    } else {
+        reason
+    };
+    ConnAck { session_present: false, reason, properties: Default::default() }
+}
+
+impl Connection {
+    /// Validates CONNECT, takes over an existing connection of the same client id, and
+    /// loads or creates the session. Errors are the CONNACK to send.
+    async fn accept(hub: Arc<Hub>, c: Connect, peer: SocketAddr) -> Result<Connection, ConnAck> {
+        let cfg = &hub.config.mqtt;
+        let v = c.protocol;
+        if c.username.is_none() && !peer.ip().is_loopback() && !cfg.allow_anonymous {
+            tracing::info!(%peer, client_id = %c.client_id, "anonymous client refused (not from loopback)");
+            return Err(refuse(v, ReasonCode::NotAuthorized));
+        }
+        let mut client_id = c.client_id.clone();
+        let mut assigned_id = false;
+        if client_id.is_empty() {
+            if v == ProtocolVersion::V311 && !c.clean_start {
+                return Err(refuse(v, ReasonCode::ClientIdentifierNotValid));
+            }
+            client_id = format!("axle-{:016x}", rand::random::<u64>());
+            assigned_id = true;
+        }
+        let expiry = match v {
+            ProtocolVersion::V5 => c.properties.session_expiry_interval.unwrap_or(0).min(cfg.max_session_expiry),
+            ProtocolVersion::V311 if c.clean_start => 0,
+            ProtocolVersion::V311 => cfg.max_session_expiry,
+        };
+
+        // Take over an existing connection with this client id and wait until it is gone.
+        let kick = Arc::new(tokio::sync::Notify::new());
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let gone_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        loop {
+            let previous = {
+                let mut online = hub.online.lock();
+                match online.get(&client_id) {
+                    Some(o) => Some((o.kick.clone(), o.gone.clone(), o.gone_flag.clone())),
+                    None => {
+                        online.insert(
+                            client_id.clone(),
+                            Online { id: 0, kick: kick.clone(), gone: gone.clone(), gone_flag: gone_flag.clone() },
+                        );
+                        None
+                    }
+                }
+            };
+            let Some((old_kick, old_gone, old_flag)) = previous else { break };
+            let waiting = old_gone.notified();
+            old_kick.notify_one();
+            if !old_flag.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+            }
+        }
+        if let Some(w) = hub.pending_wills.lock().remove(&client_id) {
+            w.notify_one();
+        }
+
+        let engine = hub.engine.clone();
+        let meta = engine.meta().clone();
+        let now = axle_engine::log::now_ms();
+        let stored = if c.clean_start {
+            if let Err(e) = SessionState::delete(&meta, &client_id) {
+                tracing::error!(%client_id, error = %e, "could not delete the old session");
+            }
+            None
+        } else {
+            match SessionState::load(&meta, &engine, &client_id, now) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(%client_id, error = %e, "stored session unreadable; starting fresh");
+                    let _ = SessionState::delete(&meta, &client_id);
+                    None
+                }
+            }
+        };
+        let session_present = stored.is_some();
+        let mut session = stored.unwrap_or_else(|| SessionState::new(&client_id, expiry));
+        session.expiry_interval = expiry;
+
+        let requested = Duration::from_secs(u64::from(c.keep_alive));
+        let (keep_alive, server_keep_alive) = if v == ProtocolVersion::V5 && c.keep_alive > cfg.max_keepalive {
+            (Duration::from_secs(u64::from(cfg.max_keepalive)), Some(cfg.max_keepalive))
+        } else {
+            (requested, None)
+        };
+        let (handle, rx) = hub.register(&client_id);
+        if let Some(o) = hub.online.lock().get_mut(&client_id) {
+            o.id = handle.id;
+        }
+        let outbound = Outbound {
+            version: v,
+            window: usize::from(c.properties.receive_maximum.unwrap_or(u16::MAX).min(cfg.max_inflight)),
+            max_packet: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+            aliases: Default::default(),
+            shared_waiting: VecDeque::new(),
+            shared_inflight: Default::default(),
+            upgrade_qos: cfg.upgrade_qos,
+        };
+        tracing::info!(%peer, %client_id, version = ?v, clean_start = c.clean_start, session_present, "client connected");
+        Ok(Connection {
+            hub,
+            peer,
+            version: v,
+            client_id,
+            username: c.username,
+            session,
+            session_present,
+            assigned_id,
+            keep_alive,
+            server_keep_alive,
+            will: c.will,
+            handle,
+            rx,
+            online: kick,
+            gone,
+            gone_flag,
+            outbound,
+            in_aliases: Default::default(),
+            pending: FuturesOrdered::new(),
+            clean_disconnect: false,
+        })
+    }
+
+    /// CONNACK, subscriptions into the tree, auto-subscriptions, and redelivery of what was
+    /// in flight.
+    fn start(&mut self, out: &mut BytesMut) {
+        let cfg = &self.hub.config.mqtt;
+        let properties = ConnAckProperties {
+            session_expiry_interval: (self.version == ProtocolVersion::V5).then_some(self.session.expiry_interval),
+            receive_maximum: Some(cfg.receive_maximum),
+            maximum_packet_size: Some(cfg.max_packet_size),
+            assigned_client_identifier: self.assigned_id.then(|| self.client_id.clone()),
+            topic_alias_maximum: Some(cfg.topic_alias_maximum),
+            server_keep_alive: self.server_keep_alive,
+            retain_available: Some(true),
+            wildcard_subscription_available: Some(true),
+            subscription_identifiers_available: Some(true),
+            shared_subscription_available: Some(true),
+            ..Default::default()
+        };
+        let connack = ConnAck { session_present: self.session_present, reason: ReasonCode::Success, properties };
+        let _ = codec::encode(&Packet::ConnAck(connack), self.version, out);
+        {
+            let mut tree = self.hub.tree.write();
+            for sub in self.session.subscriptions.values() {
+                tree.insert(&sub.inner, sub.group.as_deref(), self.handle.id);
+            }
+        }
+        let autos: Vec<(String, u8)> = self
+            .hub
+            .config
+            .auto_subscribe
+            .iter()
+            .map(|a| {
+                let f = a.filter.replace("%c", &self.client_id).replace("%u", self.username.as_deref().unwrap_or(""));
+                (f, a.qos)
+            })
+            .collect();
+        for (filter, qos) in autos {
+            if codec::validate_topic_filter(&filter).is_ok() {
+                let sub = Subscription {
+                    filter: filter.clone(),
+                    inner: filter,
+                    group: None,
+                    qos,
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                    id: None,
+                };
+                self.add_subscription(sub, out);
+            }
+        }
+        // Redeliver what was in flight, oldest offsets first.
+        let mut inflight: Vec<(u16, crate::session::Inflight)> =
+            self.session.outbound.iter().map(|(k, v)| (*k, *v)).collect();
+        inflight.sort_by_key(|(_, i)| (i.pid, i.offset));
+        for (id, i) in inflight {
+            if i.released {
+                let _ =
+                    codec::encode(&Packet::PubRel(PubAck { packet_id: id, ..Default::default() }), self.version, out);
+                continue;
+            }
+            let Some(pid) = i.pid else {
+                self.session.outbound.remove(&id);
+                continue;
+            };
+            let part = &self.hub.engine.partitions()[pid].log;
+            let msg = part
+                .read(i.offset, 1, usize::MAX)
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .and_then(|r| (r.offset == i.offset).then(|| Message::from_record(&r)).flatten());
+            match msg {
+                Some(m) => {
+                    self.outbound.send_publish(&m, i.qos, false, Some(id), true, Vec::new(), out);
+                }
+                None => {
+                    tracing::warn!(client_id = %self.client_id, partition = pid, offset = i.offset, "in-flight message no longer in the log (retention); dropped");
+                    self.session.outbound.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn add_subscription(&mut self, sub: Subscription, out: &mut BytesMut) -> bool {
+        let existed = self.session.subscriptions.contains_key(&sub.filter);
+        let engine = self.hub.engine.clone();
+        if sub.group.is_none() {
+            for (pid, _key) in engine.partitions_for_filter(&sub.inner) {
+                let end = engine.partitions()[pid].log.bounds().end;
+                self.session.cursor(pid, end);
+            }
+        }
+        self.hub.tree.write().insert(&sub.inner, sub.group.as_deref(), self.handle.id);
+        if self.session.is_persistent() {
+            if let Err(e) = self.session.save_subscription(engine.meta(), &sub) {
+                tracing::error!(client_id = %self.client_id, error = %e, "could not store a subscription");
+            }
+            self.session.dirty = true;
+        }
+        let send_retained = sub.group.is_none() && (sub.retain_handling == 0 || (sub.retain_handling == 1 && !existed));
+        let (qos, id, inner) = (sub.qos, sub.id, sub.inner.clone());
+        self.session.subscriptions.insert(sub.filter.clone(), sub);
+        if send_retained {
+            for m in self.hub.retained_matching(&inner, axle_engine::log::now_ms()) {
+                self.outbound.send_retained(&mut self.session, &m, qos, id, out);
+            }
+        }
+        existed
+    }
+
+    /// The main loop. Returns why the connection ended.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, mut rbuf: BytesMut) -> End {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        let mut last_recv = Instant::now();
+        let mut save_tick = tokio::time::interval(SAVE_EVERY);
+        let kick = self.online.clone();
+        let wake = self.handle.clone();
+        loop {
+            // Packets already buffered (e.g. sent right behind CONNECT).
+            match self.drain_packets(&mut rbuf, &mut out) {
+                Ok(()) => {}
+                Err(end) => {
+                    let _ = io.write_all(&out).await;
+                    return end;
+                }
+            }
+            if !out.is_empty() {
+                if io.write_all(&out).await.is_err() {
+                    return End::Network;
+                }
+                out.clear();
+            }
+            let catching_up =
+                self.session.cursors.values().any(|c| c.catch_up) && self.session.outbound.len() < self.outbound.window;
+            let ka = if self.keep_alive.is_zero() { None } else { Some(last_recv + self.keep_alive * 3 / 2) };
+            tokio::select! {
+                biased;
+                _ = kick.notified() => {
+                    return End::Server(ReasonCode::SessionTakenOver, "another connection took over this client id".into());
+                }
+                r = io.read_buf(&mut rbuf) => match r {
+                    Ok(0) | Err(_) => return End::Network,
+                    Ok(_) => last_recv = Instant::now(),
+                },
+                Some((packet_id, qos, result)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(end) = self.inbound_done(packet_id, qos, result, &mut out) {
+                        let _ = io.write_all(&out).await;
+                        return end;
+                    }
+                }
+                Some(d) = self.rx.recv() => {
+                    self.deliver(d, &mut out);
+                    // Take whatever else is queued without yielding.
+                    while out.len() < 64 * 1024 {
+                        match self.rx.try_recv() {
+                            Ok(d) => self.deliver(d, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = wake.wake.notified() => {
+                    if self.handle.overflowed.swap(false, Ordering::Relaxed) {
+                        for c in self.session.cursors.values_mut() {
+                            c.catch_up = true;
+                        }
+                    }
+                }
+                _ = sleep_until_opt(ka) => {
+                    return End::Server(ReasonCode::KeepAliveTimeout, "no packet within 1.5 x keepalive".into());
+                }
+                _ = save_tick.tick() => self.save_if_dirty(),
+                _ = std::future::ready(()), if catching_up => self.catch_up_step(&mut out),
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery, out: &mut BytesMut) {
+        if d.shared.is_some() {
+            self.outbound.offer_shared(&mut self.session, d, out);
+            return;
+        }
+        let before = self.session.outbound.len();
+        self.outbound.offer(&mut self.session, d.pid, d.offset, d.prev_end, &d.msg, false, out);
+        self.persist_qos2(before);
+    }
+
+    /// Persists at once when a QoS 2 message went out, so that its packet id survives a
+    /// crash and it is never delivered twice.
+    fn persist_qos2(&mut self, before: usize) {
+        if self.session.outbound.len() > before
+            && self.session.is_persistent()
+            && self.session.outbound.values().any(|i| i.qos == 2 && i.pid.is_some())
+        {
+            self.save_if_dirty();
+        }
+    }
+
+    /// Reads the log from the cursor of every partition that needs it, one batch each.
+    fn catch_up_step(&mut self, out: &mut BytesMut) {
+        let engine = self.hub.engine.clone();
+        let pids: Vec<usize> = self.session.cursors.iter().filter(|(_, c)| c.catch_up).map(|(p, _)| *p).collect();
+        for pid in pids {
+            let part = &engine.partitions()[pid].log;
+            let Some(next) = self.session.cursors.get(&pid).map(|c| c.next) else { continue };
+            let records = match part.read(next, CATCH_UP_BATCH, 1 << 20) {
+                Ok(r) => r,
+                Err(axle_engine::log::LogError::OffsetOutOfRange { log_start, end, .. }) => {
+                    let to = if next < log_start { log_start } else { end };
+                    tracing::warn!(client_id = %self.client_id, partition = pid, from = next, to, "cursor outside the log (retention); messages skipped");
+                    if let Some(c) = self.session.cursors.get_mut(&pid) {
+                        c.next = to;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(client_id = %self.client_id, partition = pid, error = %e, "catch-up read failed");
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                if let Some(c) = self.session.cursors.get_mut(&pid) {
+                    c.catch_up = false;
+                }
+                continue;
+            }
+            for r in records {
+                let before = self.session.outbound.len();
+                let offer = match Message::from_record(&r) {
+                    Some(m) => {
+                        self.outbound.offer(&mut self.session, pid, r.offset, crate::hub::UNKNOWN, &m, true, out)
+                    }
+                    None => {
+                        if let Some(c) = self.session.cursors.get_mut(&pid) {
+                            c.next = r.offset + 1;
+                        }
+                        Offer::Skipped
+                    }
+                };
+                self.persist_qos2(before);
+                if offer == Offer::Deferred {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn save_if_dirty(&mut self) {
+        if self.session.dirty && self.session.is_persistent() {
+            let engine = self.hub.engine.clone();
+            if let Err(e) = self.session.save(engine.meta(), &engine, 0) {
+                tracing::error!(client_id = %self.client_id, error = %e, "could not save the session");
+            }
+        }
+    }
+
+    fn drain_packets(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut) -> Result<(), End> {
+        loop {
+            match codec::decode(rbuf, Some(self.version), self.hub.config.mqtt.max_packet_size) {
+                Ok(Some(p)) => self.handle_packet(p, out)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.protocol_violation(e)),
+            }
+        }
+    }
+
+    fn protocol_violation(&self, e: DecodeError) -> End {
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, error = %e, "malformed packet; disconnecting");
+        End::Server(e.reason_code(), e.to_string())
+    }
+
+    fn handle_packet(&mut self, p: Packet, out: &mut BytesMut) -> Result<(), End> {
+        match p {
+            Packet::Publish(p) => self.inbound_publish(p, out),
+            Packet::PubAck(a) => {
+                if let Some(i) = self.session.outbound.get(&a.packet_id) {
+                    if i.qos == 1 {
+                        self.session.outbound.remove(&a.packet_id);
+                        self.outbound.shared_inflight.remove(&a.packet_id);
+                        self.session.dirty = true;
+                    }
+                }
+                self.outbound.drain_shared(&mut self.session, out);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let reason = match self.session.outbound.get_mut(&a.packet_id) {
+                    Some(i) if a.reason.is_error() => {
+                        let _ = i;
+                        self.session.outbound.remove(&a.packet_id);
+                        self.outbound.shared_inflight.remove(&a.packet_id);
+                        self.session.dirty = true;
+                        return Ok(());
+                    }
+                    Some(i) => {
+                        i.released = true;
+                        self.session.dirty = true;
+                        ReasonCode::Success
+                    }
+                    None => ReasonCode::PacketIdentifierNotFound,
+                };
+                let _ = codec::encode(
+                    &Packet::PubRel(PubAck { packet_id: a.packet_id, reason, ..Default::default() }),
+                    self.version,
+                    out,
+                );
+                if self.session.is_persistent() {
+                    self.save_if_dirty();
+                }
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                if self.session.outbound.remove(&a.packet_id).is_some() {
+                    self.outbound.shared_inflight.remove(&a.packet_id);
+                    self.session.dirty = true;
+                }
+                self.outbound.drain_shared(&mut self.session, out);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let reason = if self.session.awaiting_rel.remove(&a.packet_id) {
+                    self.session.dirty = true;
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                let _ = codec::encode(
+                    &Packet::PubComp(PubAck { packet_id: a.packet_id, reason, ..Default::default() }),
+                    self.version,
+                    out,
+                );
+                Ok(())
+            }
+            Packet::Subscribe(s) => {
+                self.subscribe(s, out);
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                self.unsubscribe(u, out);
+                Ok(())
+            }
+            Packet::PingReq => {
+                let _ = codec::encode(&Packet::PingResp, self.version, out);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    if self.session.expiry_interval == 0 && e > 0 {
+                        return Err(End::Server(
+                            ReasonCode::ProtocolError,
+                            "session expiry set at DISCONNECT after 0 at CONNECT".into(),
+                        ));
+                    }
+                    self.session.expiry_interval = e.min(self.hub.config.mqtt.max_session_expiry);
+                }
+                Err(End::Disconnect(d.reason == ReasonCode::DisconnectWithWillMessage))
+            }
+            Packet::Auth(_) => {
+                Err(End::Server(ReasonCode::BadAuthenticationMethod, "enhanced authentication is not supported".into()))
+            }
+            other => {
+                Err(End::Server(ReasonCode::ProtocolError, format!("{} is not valid from a client here", other.name())))
+            }
+        }
+    }
+
+    fn inbound_publish(&mut self, mut p: Publish, out: &mut BytesMut) -> Result<(), End> {
+        // Topic alias (client → broker).
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > self.hub.config.mqtt.topic_alias_maximum {
+                return Err(End::Server(ReasonCode::TopicAliasInvalid, format!("topic alias {alias} out of range")));
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(End::Server(ReasonCode::ProtocolError, format!("unknown topic alias {alias}"))),
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() || p.topic.starts_with('$') {
+            if p.topic.starts_with('$') {
+                // `$` topics are the broker's; a client publish there is dropped.
+                return self.ack_dropped(&p, out);
+            }
+            return Err(End::Server(ReasonCode::TopicNameInvalid, "empty topic name".into()));
+        }
+        let qos = p.qos.as_u8();
+        let inflight_in = self.pending.len() + self.session.awaiting_rel.len();
+        if qos > 0 && inflight_in >= usize::from(self.hub.config.mqtt.receive_maximum) {
+            return Err(End::Server(
+                ReasonCode::ReceiveMaximumExceeded,
+                "more unacknowledged QoS 1/2 publishes than Receive Maximum".into(),
+            ));
+        }
+        let packet_id = p.packet_id.unwrap_or(0);
+        if qos == 2 && self.session.awaiting_rel.contains(&packet_id) {
+            // A resent QoS 2 PUBLISH we already hold: acknowledge, do not append twice.
+            let _ = codec::encode(&Packet::PubRec(PubAck { packet_id, ..Default::default() }), self.version, out);
+            return Ok(());
+        }
+        let now = axle_engine::log::now_ms();
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            publisher: self.client_id.clone(),
+            payload_format_utf8: p.properties.payload_format_indicator,
+            expires_at: p.properties.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
+            content_type: p.properties.content_type,
+            response_topic: p.properties.response_topic,
+            correlation_data: p.properties.correlation_data,
+            user_properties: p.properties.user_properties,
+            timestamp: now,
+        };
+        if msg.retain {
+            self.hub.set_retained(&msg);
+        }
+        let started = self.hub.engine.publish_start(&msg);
+        let fut: Pending = match started {
+            Ok((_pid, fut)) => {
+                Box::pin(async move { (packet_id, qos, fut.await.map(|_| ()).map_err(|e| e.to_string())) })
+            }
+            Err(e) => {
+                let e = e.to_string();
+                Box::pin(async move { (packet_id, qos, Err(e)) })
+            }
+        };
+        if qos == 0 {
+            // Fire and forget, but keep the order with later publishes: the append is
+            // already queued.
+            tokio::spawn(async move {
+                if let (_, _, Err(e)) = fut.await {
+                    tracing::warn!(error = %e, "QoS 0 append failed; message dropped");
+                }
+            });
+        } else {
+            self.pending.push_back(fut);
+        }
+        Ok(())
+    }
+
+    fn ack_dropped(&mut self, p: &Publish, out: &mut BytesMut) -> Result<(), End> {
+        let id = p.packet_id.unwrap_or(0);
+        let reason = if self.version == ProtocolVersion::V5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let _ = codec::encode(
+                    &Packet::PubAck(PubAck { packet_id: id, reason, ..Default::default() }),
+                    self.version,
+                    out,
+                );
+            }
+            QoS::ExactlyOnce => {
+                let _ = codec::encode(
+                    &Packet::PubRec(PubAck { packet_id: id, reason, ..Default::default() }),
+                    self.version,
+                    out,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// An inbound QoS 1/2 append finished: acknowledge it.
+    fn inbound_done(
+        &mut self,
+        packet_id: u16,
+        qos: u8,
+        result: Result<(), String>,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        match result {
+            Ok(()) if qos == 1 => {
+                let _ = codec::encode(&Packet::PubAck(PubAck { packet_id, ..Default::default() }), self.version, out);
+            }
+            Ok(()) => {
+                self.session.awaiting_rel.insert(packet_id);
+                self.session.dirty = true;
+                self.save_if_dirty();
+                let _ = codec::encode(&Packet::PubRec(PubAck { packet_id, ..Default::default() }), self.version, out);
+            }
+            Err(e) if self.version == ProtocolVersion::V5 => {
+                tracing::error!(client_id = %self.client_id, error = %e, "append failed; publish refused");
+                let properties = AckProperties {
+                    reason_string: Some("the broker could not store the message".into()),
+                    ..Default::default()
+                };
+                let ack = PubAck { packet_id, reason: ReasonCode::UnspecifiedError, properties };
+                let p = if qos == 1 { Packet::PubAck(ack) } else { Packet::PubRec(ack) };
+                let _ = codec::encode(&p, self.version, out);
+            }
+            Err(e) => {
+                // MQTT 3.1.1 has no negative acknowledgement: close so the client retries.
+                tracing::error!(client_id = %self.client_id, error = %e, "append failed; closing the 3.1.1 connection");
+                return Err(End::Network);
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, s: Subscribe, out: &mut BytesMut) {
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        for req in s.filters {
+            let (group, inner) = match codec::parse_shared(&req.filter) {
+                Some((g, f)) => (Some(g.to_string()), f.to_string()),
+                None => (None, req.filter.clone()),
+            };
+            let qos = req.options.qos.as_u8();
+            let sub = Subscription {
+                filter: req.filter.clone(),
+                inner,
+                group,
+                qos,
+                no_local: req.options.no_local,
+                retain_as_published: req.options.retain_as_published,
+                retain_handling: req.options.retain_handling as u8,
+                id: s.properties.subscription_identifier,
+            };
+            self.add_subscription(sub, out);
+            reasons.push(match qos {
+                0 => ReasonCode::Success,
+                1 => ReasonCode::GrantedQoS1,
+                _ => ReasonCode::GrantedQoS2,
+            });
+        }
+        // SUBACK goes after the retained messages already in `out`? No: before them.
+        let mut ack = BytesMut::new();
+        let _ = codec::encode(
+            &Packet::SubAck(SubAck { packet_id: s.packet_id, reasons, properties: Default::default() }),
+            self.version,
+            &mut ack,
+        );
+        ack.extend_from_slice(out);
+        *out = ack;
+    }
+
+    fn unsubscribe(&mut self, u: Unsubscribe, out: &mut BytesMut) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in u.filters {
+            match self.session.subscriptions.remove(&f) {
+                Some(sub) => {
+                    self.hub.tree.write().remove(&sub.inner, sub.group.as_deref(), self.handle.id);
+                    if self.session.is_persistent() {
+                        let _ = self.session.delete_subscription(self.hub.engine.meta(), &f);
+                    }
+                    reasons.push(ReasonCode::Success);
+                }
+                None => reasons.push(ReasonCode::NoSubscriptionExisted),
+            }
+        }
+        let reasons = if self.version == ProtocolVersion::V5 { reasons } else { Vec::new() };
+        let _ = codec::encode(
+            &Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, reasons, properties: Default::default() }),
+            self.version,
+            out,
+        );
+    }
+
+    /// Ends the connection: DISCONNECT if the broker closes, subscriptions out of the tree,
+    /// the will, and the session saved or removed.
+    async fn finish<S: AsyncWrite + Unpin>(mut self, io: &mut S, end: End) {
+        let (publish_will, why) = match &end {
+            End::Disconnect(with_will) => (*with_will, "client disconnected".to_string()),
+            End::Server(reason, why) => {
+                if self.version == ProtocolVersion::V5 {
+                    let d = Disconnect {
+                        reason: *reason,
+                        properties: DisconnectProperties { reason_string: Some(why.clone()), ..Default::default() },
+                    };
+                    let mut out = BytesMut::new();
+                    if codec::encode(&Packet::Disconnect(d), self.version, &mut out).is_ok() {
+                        let _ = io.write_all(&out).await;
+                    }
+                }
+                (true, why.clone())
+            }
+            End::Network => (true, "network connection closed".to_string()),
+        };
+        self.clean_disconnect = matches!(end, End::Disconnect(false));
+        let _ = io.shutdown().await;
+        // Let in-flight inbound appends finish so their records are not orphaned mid-flight.
+        while self.pending.next().await.is_some() {}
+        {
+            let mut tree = self.hub.tree.write();
+            for sub in self.session.subscriptions.values() {
+                tree.remove(&sub.inner, sub.group.as_deref(), self.handle.id);
+            }
+        }
+        self.hub.unregister(self.handle.id);
+        let shared: Vec<Delivery> = self
+            .outbound
+            .shared_inflight
+            .drain()
+            .map(|(_, d)| d)
+            .chain(self.outbound.shared_waiting.drain(..))
+            .collect();
+        self.hub.redispatch_shared(self.handle.id, shared);
+        let engine = self.hub.engine.clone();
+        if self.session.is_persistent() {
+            self.session.outbound.retain(|_, i| i.pid.is_some());
+            if let Err(e) = self.session.save(engine.meta(), &engine, axle_engine::log::now_ms()) {
+                tracing::error!(client_id = %self.client_id, error = %e, "could not save the session at disconnect");
+            }
+        } else if let Err(e) = SessionState::delete(engine.meta(), &self.client_id) {
+            tracing::error!(client_id = %self.client_id, error = %e, "could not remove the session");
+        }
+        if publish_will {
+            if let Some(w) = self.will.take() {
+                crate::will::schedule(&self.hub, &self.client_id, w, self.session.expiry_interval);
+            }
+        }
+        {
+            let mut online = self.hub.online.lock();
+            if online.get(&self.client_id).is_some_and(|o| o.id == self.handle.id) {
+                online.remove(&self.client_id);
+            }
+        }
+        self.gone_flag.store(true, Ordering::Release);
+        self.gone.notify_waiters();
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = %why, "client disconnected");
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,266 @@
+//! The broker's shared state: the topic tree, the connected sessions, retained messages,
+//! and one dispatcher per log partition that fans new records out to live subscribers.
+//!
+//! Live fan-out never loses a message: each delivery carries `prev_end`, the offset after
+//! the previous record this dispatcher handed to the same session. A session accepts a
+//! record only if nothing it has not seen lies between its cursor and the record; otherwise
+//! (its queue overflowed, or it was catching up) it reads the gap from the log itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axle_engine::{Engine, Message};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::Config;
+use crate::topic_tree::{Match, SubscriberId, TopicTree};
+
+/// `prev_end` value meaning "unknown": accept only an exact cursor match.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// A record handed to a connected session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub pid: usize,
+    pub offset: u64,
+    pub prev_end: u64,
+    pub msg: Arc<Message>,
+    /// Chosen for the session by a shared-subscription group (not cursor-tracked).
+    pub shared: Option<String>,
+}
+
+/// What the hub knows of a connected session.
+pub struct SessionHandle {
+    pub id: SubscriberId,
+    pub client_id: String,
+    pub tx: mpsc::Sender<Delivery>,
+    /// Per partition: offset after the last record dispatched to this session.
+    pub last_dispatched: Vec<AtomicU64>,
+    /// Set when a delivery was dropped because the queue was full.
+    pub overflowed: AtomicBool,
+    pub wake: Notify,
+}
+
+/// A connected client id: how to take it over and when it is gone.
+pub struct Online {
+    pub id: SubscriberId,
+    pub kick: Arc<Notify>,
+    pub gone: Arc<Notify>,
+    pub gone_flag: Arc<AtomicBool>,
+}
+
+pub struct Hub {
+    pub engine: Arc<Engine>,
+    pub config: Config,
+    pub tree: RwLock<TopicTree>,
+    pub sessions: RwLock<HashMap<SubscriberId, Arc<SessionHandle>>>,
+    pub online: Mutex<HashMap<String, Online>>,
+    pub retained: RwLock<BTreeMap<String, Arc<Message>>>,
+    shared_rr: Mutex<HashMap<String, usize>>,
+    next_id: AtomicU64,
+    /// Wills waiting out their delay, by client id: cancelled if the client reconnects.
+    pub pending_wills: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// Depth of a session's live delivery queue; past it the session reads from the log.
+pub const QUEUE_DEPTH: usize = 4096;
+
+impl Hub {
+    /// Creates the hub and loads retained messages from the metadata store.
+    pub fn new(engine: Arc<Engine>, config: Config) -> Arc<Hub> {
+        let mut retained = BTreeMap::new();
+        match engine.meta().scan_prefix("retained", b"") {
+            Ok(all) => {
+                for (k, v) in all {
+                    match crate::retained::decode(&v) {
+                        Some(m) => {
+                            retained.insert(String::from_utf8_lossy(&k).to_string(), Arc::new(m));
+                        }
+                        None => {
+                            tracing::warn!(topic = %String::from_utf8_lossy(&k), "unreadable retained message dropped")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not load retained messages"),
+        }
+        Arc::new(Hub {
+            engine,
+            config,
+            tree: RwLock::new(TopicTree::default()),
+            sessions: RwLock::new(HashMap::new()),
+            online: Mutex::new(HashMap::new()),
+            retained: RwLock::new(retained),
+            shared_rr: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            pending_wills: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn next_subscriber_id(&self) -> SubscriberId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connected session's delivery queue.
+    pub fn register(&self, client_id: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let n = self.engine.partitions().len();
+        let handle = Arc::new(SessionHandle {
+            id: self.next_subscriber_id(),
+            client_id: client_id.to_string(),
+            tx,
+            last_dispatched: (0..n).map(|_| AtomicU64::new(UNKNOWN)).collect(),
+            overflowed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        self.sessions.write().insert(handle.id, handle.clone());
+        (handle, rx)
+    }
+
+    pub fn unregister(&self, id: SubscriberId) {
+        self.sessions.write().remove(&id);
+    }
+
+    /// Starts one dispatcher task per partition, each following its partition's tail.
+    pub fn spawn_dispatchers(self: &Arc<Self>) {
+        for p in self.engine.partitions() {
+            let hub = self.clone();
+            let pid = p.id;
+            let part = p.log.clone();
+            tokio::spawn(async move {
+                let mut reader = part.tail(part.bounds().end).with_limits(1024, 4 << 20);
+                loop {
+                    match reader.next_batch().await {
+                        Ok(records) => {
+                            for r in records {
+                                if let Some(m) = Message::from_record(&r) {
+                                    hub.dispatch(pid, r.offset, Arc::new(m));
+                                }
+                            }
+                        }
+                        Err(axle_engine::log::LogError::Closed) => return,
+                        Err(e) => {
+                            // Retention overtook the dispatcher, or a read failed: skip to the
+                            // end. Sessions notice the gap and read the log themselves.
+                            tracing::warn!(partition = pid, error = %e, "dispatcher skips to the partition end");
+                            reader = part.tail(part.bounds().end).with_limits(1024, 4 << 20);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Hands one record to every connected session that subscribes to its topic.
+    pub fn dispatch(&self, pid: usize, offset: u64, msg: Arc<Message>) {
+        let mut ids: Vec<SubscriberId> = Vec::new();
+        let mut groups: Vec<(String, Vec<SubscriberId>)> = Vec::new();
+        self.tree.read().for_each_match(&msg.topic, |m| match m {
+            Match::Subscriber(id) => ids.push(id),
+            Match::Shared { key, members } => groups.push((key, members.to_vec())),
+        });
+        if ids.is_empty() && groups.is_empty() {
+            return;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let sessions = self.sessions.read();
+        for id in ids {
+            if let Some(h) = sessions.get(&id) {
+                let prev_end = h.last_dispatched[pid].load(Ordering::Relaxed);
+                let d = Delivery { pid, offset, prev_end, msg: msg.clone(), shared: None };
+                if h.tx.try_send(d).is_ok() {
+                    h.last_dispatched[pid].store(offset + 1, Ordering::Relaxed);
+                } else {
+                    h.overflowed.store(true, Ordering::Relaxed);
+                    h.wake.notify_one();
+                }
+            }
+        }
+        for (key, members) in groups {
+            self.dispatch_shared(
+                &sessions,
+                &key,
+                &members,
+                Delivery { pid, offset, prev_end: UNKNOWN, msg: msg.clone(), shared: Some(key.clone()) },
+            );
+        }
+    }
+
+    /// Round-robin over a shared group's members, skipping members whose queue is full.
+    fn dispatch_shared(
+        &self,
+        sessions: &HashMap<SubscriberId, Arc<SessionHandle>>,
+        key: &str,
+        members: &[SubscriberId],
+        d: Delivery,
+    ) {
+        if members.is_empty() {
+            return;
+        }
+        let start = {
+            let mut rr = self.shared_rr.lock();
+            let c = rr.entry(key.to_string()).or_insert(0);
+            *c = c.wrapping_add(1);
+            *c
+        };
+        let mut d = d;
+        for i in 0..members.len() {
+            let Some(h) = sessions.get(&members[(start + i) % members.len()]) else { continue };
+            match h.tx.try_send(d) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(back)) | Err(mpsc::error::TrySendError::Closed(back)) => d = back,
+            }
+        }
+        tracing::warn!(group = %key.replace('\u{0}', " "), "every member of a shared group is full; message not delivered to the group");
+    }
+
+    /// Re-offers shared-subscription messages a departing member left unacknowledged.
+    pub fn redispatch_shared(&self, leaving: SubscriberId, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            let Some(key) = d.shared.clone() else { continue };
+            let (group, filter) = key.split_once('\u{0}').unwrap_or((&key, ""));
+            let mut members = Vec::new();
+            self.tree.read().for_each_match(&d.msg.topic, |m| {
+                if let Match::Shared { key: k, members: ms } = m {
+                    if k == key {
+                        members.extend(ms.iter().copied().filter(|m| *m != leaving));
+                    }
+                }
+            });
+            let sessions = self.sessions.read();
+            tracing::debug!(group, filter, "redispatching an unacknowledged shared message");
+            self.dispatch_shared(&sessions, &key, &members, d);
+        }
+    }
+
+    /// Stores or clears (empty payload) the retained message of `msg.topic`.
+    pub fn set_retained(&self, msg: &Message) {
+        let meta = self.engine.meta();
+        let result = if msg.payload.is_empty() {
+            self.retained.write().remove(&msg.topic);
+            meta.delete("retained", msg.topic.as_bytes(), false)
+        } else {
+            let mut m = msg.clone();
+            m.retain = true;
+            let enc = crate::retained::encode(&m);
+            self.retained.write().insert(m.topic.clone(), Arc::new(m));
+            meta.put("retained", msg.topic.as_bytes(), &enc, false)
+        };
+        if let Err(e) = result {
+            tracing::error!(topic = %msg.topic, error = %e, "could not store the retained message");
+        }
+    }
+
+    /// Retained messages whose topic matches `filter`, skipping expired ones.
+    pub fn retained_matching(&self, filter: &str, now_ms: i64) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .values()
+            .filter(|m| axle_engine::topic::matches(filter, &m.topic) && m.expires_at.is_none_or(|x| x > now_ms))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,185 @@
+//! A published message as the engine stores it: one log record per PUBLISH.
+//!
+//! Record layout: key = the stream's partition key; value = the payload; headers, in this
+//! order: `t` topic, `c` publisher client id, `q` QoS (one byte 0..=2), then optional `r`
+//! (retain, empty value), `pf` payload format indicator (one byte), `x` absolute expiry (ms
+//! since the Unix epoch, 8 bytes LE), `ct` content type, `rt` response topic, `cd`
+//! correlation data, and one `u.<name>` per user property, in order. Unknown headers are
+//! ignored when reading, so fields can be added.
+
+use bytes::Bytes;
+
+use axle_log::{Header, Record, StoredRecord};
+
+/// A message on its way into or out of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    pub retain: bool,
+    /// Client id of the publisher (empty for internal publishers).
+    pub publisher: String,
+    pub payload_format_utf8: Option<bool>,
+    /// Absolute expiry, ms since the Unix epoch.
+    pub expires_at: Option<i64>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+    /// Publish time, ms since the Unix epoch (set from the record when read).
+    pub timestamp: i64,
+}
+
+impl Message {
+    /// The record to append, with `key` as its partition key.
+    pub fn to_record(&self, key: &str) -> Record {
+        let mut headers = Vec::with_capacity(4 + self.user_properties.len());
+        let h = |k: &str, v: Bytes| Header { key: k.to_string(), value: v };
+        headers.push(h("t", Bytes::copy_from_slice(self.topic.as_bytes())));
+        headers.push(h("c", Bytes::copy_from_slice(self.publisher.as_bytes())));
+        headers.push(h("q", Bytes::copy_from_slice(&[self.qos])));
+        if self.retain {
+            headers.push(h("r", Bytes::new()));
+        }
+        if let Some(f) = self.payload_format_utf8 {
+            headers.push(h("pf", Bytes::copy_from_slice(&[u8::from(f)])));
+        }
+        if let Some(x) = self.expires_at {
+            headers.push(h("x", Bytes::copy_from_slice(&x.to_le_bytes())));
+        }
+        if let Some(ct) = &self.content_type {
+            headers.push(h("ct", Bytes::copy_from_slice(ct.as_bytes())));
+        }
+        if let Some(rt) = &self.response_topic {
+            headers.push(h("rt", Bytes::copy_from_slice(rt.as_bytes())));
+        }
+        if let Some(cd) = &self.correlation_data {
+            headers.push(h("cd", cd.clone()));
+        }
+        for (k, v) in &self.user_properties {
+            headers.push(Header { key: format!("u.{k}"), value: Bytes::copy_from_slice(v.as_bytes()) });
+        }
+        Record {
+            timestamp: (self.timestamp != 0).then_some(self.timestamp),
+            key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            value: self.payload.clone(),
+            headers,
+        }
+    }
+
+    /// The message a record holds; `None` if it lacks a topic (not written by the engine).
+    pub fn from_record(r: &StoredRecord) -> Option<Message> {
+        let mut m = Message { payload: r.value.clone(), timestamp: r.timestamp, ..Message::default() };
+        let text = |v: &Bytes| String::from_utf8(v.to_vec()).ok();
+        let mut has_topic = false;
+        for h in &r.headers {
+            match h.key.as_str() {
+                "t" => {
+                    m.topic = text(&h.value)?;
+                    has_topic = true;
+                }
+                "c" => m.publisher = text(&h.value)?,
+                "q" => m.qos = h.value.first().copied().filter(|q| *q <= 2)?,
+                "r" => m.retain = true,
+                "pf" => m.payload_format_utf8 = h.value.first().map(|b| *b == 1),
+                "x" => {
+                    let b: [u8; 8] = h.value.as_ref().try_into().ok()?;
+                    m.expires_at = Some(i64::from_le_bytes(b));
+                }
+                "ct" => m.content_type = text(&h.value),
+                "rt" => m.response_topic = text(&h.value),
+                "cd" => m.correlation_data = Some(h.value.clone()),
+                k => {
+                    if let Some(name) = k.strip_prefix("u.") {
+                        m.user_properties.push((name.to_string(), text(&h.value)?));
+                    }
+                }
+            }
+        }
+        has_topic.then_some(m)
+    }
+}
+
+impl Message {
+    /// A self-contained binary form, for copies kept outside the log (retained messages):
+    /// `u32` header count, then per header `u16` name length, name, `u32` value length,
+    /// value; then `u32` payload length, payload, `i64` timestamp. Little-endian.
+    pub fn encode_bytes(&self) -> Vec<u8> {
+        let r = self.to_record("");
+        let mut out = Vec::with_capacity(64 + self.payload.len());
+        out.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        for h in &r.headers {
+            out.extend_from_slice(&(h.key.len() as u16).to_le_bytes());
+            out.extend_from_slice(h.key.as_bytes());
+            out.extend_from_slice(&(h.value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&h.value);
+        }
+        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        out.extend_from_slice(&self.timestamp.to_le_bytes());
+        out
+    }
+
+    /// Inverse of [`Message::encode_bytes`]; `None` for anything malformed.
+    pub fn decode_bytes(b: &[u8]) -> Option<Message> {
+        let mut p = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = b.get(p..p.checked_add(n)?)?;
+            p += n;
+            Some(s)
+        };
+        let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let mut headers = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            let kl = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            let key = String::from_utf8(take(kl)?.to_vec()).ok()?;
+            let vl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+            headers.push(Header { key, value: Bytes::copy_from_slice(take(vl)?) });
+        }
+        let pl = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let value = Bytes::copy_from_slice(take(pl)?);
+        let timestamp = i64::from_le_bytes(take(8)?.try_into().ok()?);
+        if p != b.len() {
+            return None;
+        }
+        Message::from_record(&StoredRecord { offset: 0, timestamp, key: None, value, headers, leader_epoch: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_records() {
+        let m = Message {
+            topic: "v/VIN1/cmd".into(),
+            payload: Bytes::from_static(b"{\"lock\":true}"),
+            qos: 2,
+            retain: true,
+            publisher: "tsp-1".into(),
+            payload_format_utf8: Some(true),
+            expires_at: Some(1_900_000_000_000),
+            content_type: Some("application/json".into()),
+            response_topic: Some("v/VIN1/cmd/resp".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            timestamp: 1_800_000_000_000,
+        };
+        let rec = m.to_record("v/VIN1");
+        let stored = StoredRecord {
+            offset: 5,
+            timestamp: rec.timestamp.unwrap(),
+            key: rec.key.clone(),
+            value: rec.value.clone(),
+            headers: rec.headers.clone(),
+            leader_epoch: 0,
+        };
+        assert_eq!(Message::from_record(&stored), Some(m.clone()));
+        let bytes = m.encode_bytes();
+        assert_eq!(Message::decode_bytes(&bytes), Some(m));
+        assert_eq!(Message::decode_bytes(&bytes[..bytes.len() - 1]), None);
+    }
+}
