@@ -225,9 +225,7 @@ pub fn open_partition(dir: &Path, name: &str, config: &Arc<LogConfig>) -> Result
         if valid_len < file_len {
             // Something other than batches follows. Decide: torn tail, or corruption with
             // valid data after it?
-            let later_data = bases[i + 1..]
-                .iter()
-                .any(|b| fs::metadata(dir.join(segment::file_name(*b))).map(|m| m.len() > 0).unwrap_or(false));
+            let later_data = bases[i + 1..].iter().any(|b| starts_with_data(&dir.join(segment::file_name(*b))));
             let found = segment::find_valid_batch_after(&file, &path, valid_len, seg_next, config.max_batch_bytes)?;
             let defect = match &stop {
                 ScanStop::Defect { defect, .. } => Some(defect.to_string()),
@@ -298,6 +296,15 @@ fn last_epoch(seg: &Segment, config: &LogConfig) -> Option<u32> {
         p += u64::from(h.length);
     }
     epoch
+}
+
+/// Whether a segment file begins with anything but zeros. A segment whose roll crashed
+/// before anything was written to it is empty, or preallocated and all zeros: not data.
+fn starts_with_data(path: &Path) -> bool {
+    fs::File::open(path)
+        .ok()
+        .and_then(|f| segment::read_exact_at(&f, path, 0, crate::batch::HEADER_LEN).ok())
+        .is_some_and(|head| head.iter().any(|b| *b != 0))
 }
 
 fn remove_segments(dir: &Path, bases: &[u64]) -> Result<usize> {

@@ -30,3 +30,123 @@ pub fn rec(i: u64) -> Record {
 pub fn expected_value(i: u64) -> String {
     format!("value-{i:08}-{}", "x".repeat((i % 50) as usize))
 }
+
+/// `<dir>/<partition>/<20-digit base>.log`.
+pub fn segment_path(dir: &Path, partition: &str, base: u64) -> std::path::PathBuf {
+    dir.join(partition).join(format!("{base:020}.log"))
+}
+
+/// The segment files of a partition as `(base offset, path)`, sorted by base offset.
+pub fn segment_files(dir: &Path, partition: &str) -> Vec<(u64, std::path::PathBuf)> {
+    let mut out: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.join(partition))
+        .expect("partition directory exists")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let stem = name.strip_suffix(".log")?;
+            if stem.len() != 20 {
+                return None;
+            }
+            Some((stem.parse().ok()?, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Where one batch sits in a segment file, read straight from its header (see `batch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAt {
+    /// Byte position of the batch in the file.
+    pub pos: u64,
+    /// Whole batch in bytes, header included.
+    pub len: u64,
+    pub base_offset: u64,
+    pub record_count: u64,
+}
+
+impl BatchAt {
+    pub fn end(&self) -> u64 {
+        self.pos + self.len
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + self.record_count
+    }
+}
+
+/// Walks the batch headers of a segment file from byte 0 until the data ends (end of file,
+/// zeros left by preallocation, or anything that is not a batch header).
+pub fn batches_in(path: &Path) -> Vec<BatchAt> {
+    let data = std::fs::read(path).expect("segment readable");
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + axle_log::BATCH_HEADER_LEN <= data.len() {
+        let h = &data[pos..pos + axle_log::BATCH_HEADER_LEN];
+        if &h[16..20] != b"AXLB" {
+            break;
+        }
+        let len = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+        if len < axle_log::BATCH_HEADER_LEN || pos + len > data.len() {
+            break;
+        }
+        out.push(BatchAt {
+            pos: pos as u64,
+            len: len as u64,
+            base_offset: u64::from_le_bytes(h[0..8].try_into().unwrap()),
+            record_count: u64::from(u32::from_le_bytes(h[28..32].try_into().unwrap())),
+        });
+        pos += len;
+    }
+    out
+}
+
+/// XORs one byte of a file in place.
+pub fn flip_byte(path: &Path, pos: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("file opens for writing");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos).expect("byte readable");
+    b[0] ^= 0x5a;
+    f.write_all_at(&b, pos).expect("byte writable");
+    f.sync_all().unwrap();
+}
+
+/// Copies a log directory (one level of partition directories) byte for byte, including
+/// preallocated tails. Taken while the log is open, the copy is what a crash of the process
+/// at that instant would leave on disk: the page cache holds every completed write.
+pub fn copy_log_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_log_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Asserts that `p` holds the records `rec(from)..rec(to)` at offsets `from..to`, byte for
+/// byte (key, value, header). Reads nothing past `to`.
+pub fn assert_holds_recs(p: &axle_log::Partition, from: u64, to: u64) {
+    let got = p.read(from, (to - from) as usize, usize::MAX).expect("records read back");
+    assert_eq!(got.len() as u64, to - from, "expected offsets {from}..{to}, got {:?}..", got.first().map(|r| r.offset));
+    for (k, r) in got.iter().enumerate() {
+        let i = from + k as u64;
+        assert_eq!(r.offset, i);
+        assert_eq!(r.value, expected_value(i).as_bytes(), "value at {i}");
+        assert_eq!(r.key.as_deref(), Some(format!("key-{}", i % 7).as_bytes()), "key at {i}");
+        assert_eq!(r.headers.len(), 1, "headers at {i}");
+        assert_eq!(r.headers[0].value, i.to_string().as_bytes(), "header at {i}");
+    }
+}
+
+/// Appends `rec(i)` for every `i` in `from..to`, one batch each, checking the offsets.
+pub async fn append_recs(p: &axle_log::Partition, from: u64, to: u64) {
+    for i in from..to {
+        let a = p.append(&[rec(i)]).await.expect("append acknowledged");
+        assert_eq!(a.base_offset, i, "offset of rec({i})");
+    }
+}
