@@ -118,13 +118,25 @@ fn start_broker(name: &str, args: &Args) -> anyhow::Result<Broker> {
                     "listener {port}\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\nlog_type error\n"
                 ),
             )?;
-            Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting mosquitto")?
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting mosquitto")?
         }
         "rumqttd" => {
             let conf = dir.path().join("rumqttd.toml");
             std::fs::write(&conf, rumqttd_config(port))?;
             let bin = dirs_cargo_bin("rumqttd");
-            Command::new(bin).arg("--config").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting rumqttd")?
+            Command::new(bin)
+                .arg("--config")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting rumqttd")?
         }
         other => bail!("unknown broker {other}"),
     };
@@ -138,9 +150,9 @@ fn leak(s: &str) -> &'static str {
 }
 
 fn dirs_cargo_bin(name: &str) -> PathBuf {
-    let home = std::env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-    });
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
     home.join("bin").join(name)
 }
 
@@ -216,7 +228,8 @@ async fn fan_in(port: u16, args: &Args, qos: QoS) -> anyhow::Result<FanInResult>
     // Consumers on a shared subscription.
     let mut consumer_tasks = Vec::new();
     for c in 0..2 {
-        let (client, mut el) = AsyncClient::new(options(format!("consumer-{c}-{}", rand::random::<u32>()), 0, port, true), 1000);
+        let (client, mut el) =
+            AsyncClient::new(options(format!("consumer-{c}-{}", rand::random::<u32>()), 0, port, true), 1000);
         client.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
         wait_suback(&mut el).await?;
         let (seen, received, last_recv) = (seen.clone(), received.clone(), last_recv.clone());
@@ -246,7 +259,8 @@ async fn fan_in(port: u16, args: &Args, qos: QoS) -> anyhow::Result<FanInResult>
     let start_gate = Arc::new(tokio::sync::Barrier::new(args.publishers + 1));
     let mut pub_tasks = Vec::new();
     for i in 0..args.publishers {
-        let (client, mut el) = AsyncClient::new(options(format!("pub-{i}-{}", rand::random::<u32>()), i, port, true), 200);
+        let (client, mut el) =
+            AsyncClient::new(options(format!("pub-{i}-{}", rand::random::<u32>()), i, port, true), 200);
         let gate = start_gate.clone();
         let (messages, payload) = (args.messages, args.payload);
         pub_tasks.push(tokio::spawn(async move {
@@ -331,7 +345,11 @@ async fn fan_in(port: u16, args: &Args, qos: QoS) -> anyhow::Result<FanInResult>
     lat.sort_by(|a, b| a.total_cmp(b));
     Ok(FanInResult {
         published_per_s: total as f64 / last_sent.duration_since(started).as_secs_f64().max(1e-3),
-        acked_per_s: if qos == QoS::AtMostOnce { f64::NAN } else { total as f64 / last_ack.duration_since(started).as_secs_f64().max(1e-3) },
+        acked_per_s: if qos == QoS::AtMostOnce {
+            f64::NAN
+        } else {
+            total as f64 / last_ack.duration_since(started).as_secs_f64().max(1e-3)
+        },
         received_per_s: unique as f64 / recv_secs,
         p50_ms: percentile(&lat, 50.0),
         p99_ms: percentile(&lat, 99.0),
@@ -475,7 +493,10 @@ fn main() -> anyhow::Result<()> {
         w => vec![w],
     };
     println!("mqtt-load: {} publishers x {} msgs ({} B) for fan-in; {} sessions for offline-commands; open-file limit {limit}", args.publishers, args.messages, args.payload, args.sessions);
-    println!("Axle appends every message to its log (fsync = {}); mosquitto and rumqttd keep nothing on disk.", args.axle_fsync);
+    println!(
+        "Axle appends every message to its log (fsync = {}); mosquitto and rumqttd keep nothing on disk.",
+        args.axle_fsync
+    );
     for w in workloads {
         println!("\n## {w}\n");
         match w {
@@ -484,7 +505,9 @@ fn main() -> anyhow::Result<()> {
                 println!("|---|---:|---:|---:|---:|---:|---:|---:|");
             }
             _ => {
-                println!("| broker | RSS idle MiB | RSS with sessions offline MiB | delivered | time to deliver all s |");
+                println!(
+                    "| broker | RSS idle MiB | RSS with sessions offline MiB | delivered | time to deliver all s |"
+                );
                 println!("|---|---:|---:|---:|---:|");
             }
         }
@@ -504,7 +527,14 @@ fn main() -> anyhow::Result<()> {
                         received_rates.push((b.name, r.received_per_s));
                         format!(
                             "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
-                            b.name, r.published_per_s, r.acked_per_s, r.received_per_s, r.p50_ms, r.p99_ms, r.lost, r.duplicated
+                            b.name,
+                            r.published_per_s,
+                            r.acked_per_s,
+                            r.received_per_s,
+                            r.p50_ms,
+                            r.p99_ms,
+                            r.lost,
+                            r.duplicated
                         )
                     })
                 }
