@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::acl::Action;
 use crate::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet,
     ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -656,6 +657,10 @@ impl Connection {
             }
             return Err(End::Server(ReasonCode::TopicNameInvalid, "empty topic name".into()));
         }
+        if !self.permitted(Action::Publish, &p.topic) {
+            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish refused by the ACL");
+            return self.ack_dropped(&p, out);
+        }
         let qos = p.qos.as_u8();
         let inflight_in = self.pending.len() + self.session.awaiting_rel.len();
         if qos > 0 && inflight_in >= usize::from(self.hub.config.mqtt.receive_maximum) {
@@ -773,12 +778,20 @@ impl Connection {
     }
 
     fn subscribe(&mut self, s: Subscribe, out: &mut BytesMut) {
+        // The SUBACK goes before the retained messages the subscriptions send, but after
+        // whatever was already queued for the client.
+        let start = out.len();
         let mut reasons = Vec::with_capacity(s.filters.len());
         for req in s.filters {
             let (group, inner) = match codec::parse_shared(&req.filter) {
                 Some((g, f)) => (Some(g.to_string()), f.to_string()),
                 None => (None, req.filter.clone()),
             };
+            if !self.permitted(Action::Subscribe, &inner) {
+                tracing::info!(client_id = %self.client_id, filter = %req.filter, "subscription refused by the ACL");
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let qos = req.options.qos.as_u8();
             let sub = Subscription {
                 filter: req.filter.clone(),
@@ -797,15 +810,23 @@ impl Connection {
                 _ => ReasonCode::GrantedQoS2,
             });
         }
-        // SUBACK goes after the retained messages already in `out`? No: before them.
-        let mut ack = BytesMut::new();
+        let retained = out.split_off(start);
         let _ = codec::encode(
             &Packet::SubAck(SubAck { packet_id: s.packet_id, reasons, properties: Default::default() }),
             self.version,
-            &mut ack,
+            out,
         );
-        ack.extend_from_slice(out);
-        *out = ack;
+        out.unsplit(retained);
+    }
+
+    /// Whether the ACL lets this client publish to / subscribe to `target`; counts refusals.
+    fn permitted(&self, action: Action, target: &str) -> bool {
+        let Some(acl) = &self.hub.acl else { return true };
+        let ok = acl.permits(&self.client_id, self.username.as_deref(), action, target);
+        if !ok {
+            self.hub.counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     fn unsubscribe(&mut self, u: Unsubscribe, out: &mut BytesMut) {

@@ -62,6 +62,20 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Wills waiting out their delay, by client id: cancelled if the client reconnects.
     pub pending_wills: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Access rules from `acl_file`; `None` allows everything.
+    pub acl: Option<crate::acl::Acl>,
+    /// Counters read by the metrics endpoint and logged at shutdown.
+    pub counters: Counters,
+}
+
+/// Monotonic counters of events worth alerting on.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages skipped because an offline session's backlog exceeded
+    /// `mqtt.max_offline_messages` (policy: drop oldest).
+    pub offline_dropped: AtomicU64,
+    /// Publishes and subscriptions refused by the ACL.
+    pub acl_denied: AtomicU64,
 }
 
 /// Depth of a session's live delivery queue; past it the session reads from the log.
@@ -69,7 +83,7 @@ pub const QUEUE_DEPTH: usize = 4096;
 
 impl Hub {
     /// Creates the hub and loads retained messages from the metadata store.
-    pub fn new(engine: Arc<Engine>, config: Config) -> Arc<Hub> {
+    pub fn new(engine: Arc<Engine>, config: Config, acl: Option<crate::acl::Acl>) -> Arc<Hub> {
         let mut retained = BTreeMap::new();
         match engine.meta().scan_prefix("retained", b"") {
             Ok(all) => {
@@ -96,6 +110,8 @@ impl Hub {
             shared_rr: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             pending_wills: Mutex::new(HashMap::new()),
+            acl,
+            counters: Counters::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! log only through `axle-engine`'s streams and must not know about segment files, batches or
 //! fsync policies beyond passing configuration through.
 
+pub mod acl;
 pub mod cli;
 pub mod codec;
 pub mod config;

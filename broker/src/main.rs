@@ -73,6 +73,10 @@ fn log_config(cfg: &Config, repair: bool) -> anyhow::Result<LogConfig> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format)?;
     let cfg = effective_config(&args)?;
+    let acl = match &cfg.acl_file {
+        Some(p) => Some(axle_broker::acl::Acl::load(p)?),
+        None => None,
+    };
     let engine_cfg = EngineConfig {
         data_dir: cfg.data_dir.clone(),
         log: log_config(&cfg, args.repair)?,
@@ -86,7 +90,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = cfg.data_dir.clone();
     let tcp = cfg.listeners.tcp;
     let result = rt.block_on(async {
-        let hub = Hub::new(engine.clone(), cfg);
+        let hub = Hub::new(engine.clone(), cfg, acl);
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;

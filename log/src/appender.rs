@@ -49,8 +49,8 @@ pub struct PartitionWriter {
     pub(crate) unsynced: bool,
     pub(crate) round_bufs: Vec<Bytes>,
     round_acks: Vec<Ack>,
-    /// (rel offset, position, length, first ts, max ts) of each staged batch.
-    round_index: Vec<(u32, u32, u32, i64, i64)>,
+    /// (rel offset, position, length, first ts, max ts, key hashes) of each staged batch.
+    round_index: Vec<(u32, u32, u32, i64, i64, Vec<u32>)>,
     pub(crate) round_len: u64,
 }
 
@@ -90,7 +90,13 @@ impl PartitionWriter {
     }
 
     /// Stages one append into this round.
-    pub fn stage(&mut self, batch: EncodedBatch, reply: oneshot::Sender<Result<Appended>>, cfg: &LogConfig, now: i64) {
+    pub fn stage(
+        &mut self,
+        mut batch: EncodedBatch,
+        reply: oneshot::Sender<Result<Appended>>,
+        cfg: &LogConfig,
+        now: i64,
+    ) {
         if let Some(reason) = self.shared.poisoned() {
             let _ = reply.send(Err(LogError::Poisoned { partition: self.shared.name.clone(), reason }));
             return;
@@ -106,7 +112,8 @@ impl PartitionWriter {
         let rel = (base - self.active.base_offset) as u32;
         let pos = (self.position + self.round_len) as u32;
         let len = batch.len() as u32;
-        self.round_index.push((rel, pos, len, batch.first_timestamp, batch.max_timestamp));
+        let hashes = std::mem::take(&mut batch.key_hashes);
+        self.round_index.push((rel, pos, len, batch.first_timestamp, batch.max_timestamp, hashes));
         self.round_bufs.push(batch.seal(base, self.epoch));
         self.round_len += u64::from(len);
         self.next_offset += u64::from(count);
@@ -119,8 +126,9 @@ impl PartitionWriter {
     pub fn written(&mut self, with_acks: bool) -> SyncItem {
         {
             let mut idx = self.active.index.write();
-            for (rel, pos, len, first, max) in self.round_index.drain(..) {
+            for (rel, pos, len, first, max, hashes) in self.round_index.drain(..) {
                 idx.on_batch(rel, pos, len, first, max);
+                self.active.keys.add(rel, pos, &hashes);
             }
         }
         self.position += self.round_len;
@@ -195,6 +203,7 @@ impl PartitionWriter {
             // The index is rebuilt on the next open; losing it costs only time.
             tracing::warn!(path = %old.path.display(), error = %e, "could not write index files");
         }
+        seal_keys(&old, len, cfg);
         let seg = Arc::new(seg);
         self.shared.segments.write().push(seg.clone());
         self.active = seg;
@@ -225,6 +234,7 @@ impl PartitionWriter {
         seg.file.sync_all().map_err(|e| LogError::io(&seg.path, e))?;
         self.unsynced = false;
         seg.index.read().persist(&seg.path, seg.base_offset, self.position).map_err(|e| LogError::io(&seg.path, e))?;
+        seal_keys(&seg, self.position, &self.shared.config);
         Checkpoint::write(
             &self.shared.dir,
             &Checkpoint {
@@ -264,7 +274,7 @@ impl PartitionWriter {
         };
         for seg in &removed {
             seg.deleted.store(true, std::sync::atomic::Ordering::Release);
-            for ext in ["log", "index", "timeindex"] {
+            for ext in ["log", "index", "timeindex", "keys"] {
                 let p = seg.path.with_extension(ext);
                 if let Err(e) = std::fs::remove_file(&p) {
                     if e.kind() != std::io::ErrorKind::NotFound {
@@ -276,5 +286,14 @@ impl PartitionWriter {
         crate::segment::sync_dir(&self.shared.dir)?;
         tracing::info!(partition = %self.shared.name, segments = drop_count, log_start = self.shared.bounds().log_start, "retention deleted segments");
         Ok(drop_count)
+    }
+}
+
+/// Writes the segment's key index covering its first `len` bytes (best effort: a missing or
+/// stale file is rebuilt by scanning when a key is next looked up).
+fn seal_keys(seg: &Segment, len: u64, cfg: &LogConfig) {
+    let path = seg.path.with_extension("keys");
+    if let Err(e) = seg.keys.seal(&path, seg.base_offset, len, |prefix| seg.load_keys(prefix, cfg.max_batch_bytes)) {
+        tracing::warn!(path = %path.display(), error = %e, "could not write the key index");
     }
 }

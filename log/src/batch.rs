@@ -169,6 +169,8 @@ pub struct EncodedBatch {
     pub(crate) record_count: u32,
     pub(crate) first_timestamp: i64,
     pub(crate) max_timestamp: i64,
+    /// Distinct `key_hash`es of the records' keys, for the key index.
+    pub(crate) key_hashes: Vec<u32>,
 }
 
 impl EncodedBatch {
@@ -234,7 +236,13 @@ impl EncodedBatch {
         buf[40..48].copy_from_slice(&max_timestamp.to_le_bytes());
         let crc = crc32fast::hash(&buf[CRC_START..]);
         buf[20..24].copy_from_slice(&crc.to_le_bytes());
-        EncodedBatch { buf, record_count: records.len() as u32, first_timestamp, max_timestamp }
+        let mut key_hashes: Vec<u32> =
+            records.iter().filter_map(|r| r.key.as_deref().map(crate::keys::key_hash)).collect();
+        if key_hashes.len() > 1 {
+            key_hashes.sort_unstable();
+            key_hashes.dedup();
+        }
+        EncodedBatch { buf, record_count: records.len() as u32, first_timestamp, max_timestamp, key_hashes }
     }
 
     /// Total encoded size in bytes.

@@ -93,6 +93,17 @@ impl SegmentIndex {
         }
     }
 
+    /// The relative offset of the last indexed batch start at or before `rel_offset` (0 if
+    /// none): the batch holding `rel_offset` starts there or later.
+    pub fn rel_offset_at_or_before(&self, rel_offset: u32) -> u32 {
+        let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);
+        if i == 0 {
+            0
+        } else {
+            self.offsets[i - 1].rel_offset
+        }
+    }
+
     /// Relative offset at which to start scanning for the first record with timestamp `>= ts`.
     pub fn rel_offset_for_time(&self, ts: i64) -> u32 {
         let i = self.times.partition_point(|e| e.bound <= ts);

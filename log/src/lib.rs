@@ -24,6 +24,7 @@ mod error;
 mod flusher;
 mod index;
 mod io;
+mod keys;
 mod partition;
 mod reader;
 mod record;
@@ -45,7 +46,7 @@ use tokio::sync::oneshot;
 pub use batch::{BatchDefect, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN};
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
-pub use partition::Bounds;
+pub use partition::{Bounds, KeyedRead};
 pub use reader::TailReader;
 pub use record::{now_ms, Header, Record, StoredRecord};
 pub use recovery::RecoveryReport;
@@ -336,6 +337,18 @@ impl Partition {
     /// records, and stops once keys and values reach `max_bytes` (at least one is returned).
     pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         self.shared.read(offset, max_records, max_bytes)
+    }
+
+    /// Records whose key is `key` from `offset` on, reading only the batches the key index
+    /// lists for it; see [`KeyedRead`] for where to continue.
+    pub fn read_key(&self, key: &[u8], offset: u64, max_records: usize, max_bytes: usize) -> Result<KeyedRead> {
+        self.shared.read_key(key, offset, max_records, max_bytes)
+    }
+
+    /// Base offsets of the batches at or after `offset` that may hold records with `key`
+    /// (from the key index; hash collisions included). Cheap: reads no record data.
+    pub fn key_batch_offsets(&self, key: &[u8], offset: u64) -> Result<Vec<u64>> {
+        self.shared.key_batch_offsets(key, offset)
     }
 
     /// The first offset with a timestamp `>= ts_ms` (ms since the Unix epoch), if any.

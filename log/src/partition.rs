@@ -16,11 +16,20 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::record::StoredRecord;
 use crate::segment::Segment;
+
+/// What [`PartitionShared::read_key`] found.
+#[derive(Debug, Clone, Default)]
+pub struct KeyedRead {
+    /// Records with the key, in offset order.
+    pub records: Vec<StoredRecord>,
+    /// Offset to continue from.
+    pub next: u64,
+}
 
 /// Readable range of a partition: `log_start..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +56,6 @@ pub struct PartitionShared {
 }
 
 /// Bytes read ahead per `pread` when walking batches.
-const READ_CHUNK: usize = 256 * 1024;
 
 impl PartitionShared {
     pub fn new(name: String, dir: PathBuf, config: Arc<LogConfig>, segments: Vec<Arc<Segment>>, end: u64) -> Self {
@@ -150,6 +158,95 @@ impl PartitionShared {
         Ok(out)
     }
 
+    /// Records whose key equals `key`, from `offset` on, found through the per-segment key
+    /// index: only the batches holding the key are read. Limits as in [`Self::read`].
+    /// `next` is where to continue: one past the last record returned when a limit was hit,
+    /// otherwise the end the read covered (records with other keys before it were skipped).
+    pub fn read_key(&self, key: &[u8], offset: u64, max_records: usize, max_bytes: usize) -> Result<KeyedRead> {
+        let b = self.bounds();
+        if offset < b.log_start || offset > b.end {
+            return Err(self.out_of_range(offset, b));
+        }
+        let mut out = KeyedRead { records: Vec::new(), next: b.end };
+        if max_records == 0 {
+            out.next = offset;
+            return Ok(out);
+        }
+        let mut bytes = 0usize;
+        for (seg, rel, pos) in self.key_batches(key, offset, b.end)? {
+            let (header, data) = seg.read_batch(u64::from(pos), self.config.max_batch_bytes)?;
+            if header.base_offset != seg.base_offset + u64::from(rel) {
+                return Err(LogError::CorruptBatch {
+                    path: seg.path.clone(),
+                    position: u64::from(pos),
+                    reason: format!(
+                        "the key index points at a batch of offset {}, expected {}",
+                        header.base_offset,
+                        seg.base_offset + u64::from(rel)
+                    ),
+                });
+            }
+            let records = batch::decode_records(&data, &header).map_err(|d| seg.corrupt(u64::from(pos), d))?;
+            for r in records {
+                if r.offset < offset || r.offset >= b.end || r.key.as_deref() != Some(key) {
+                    continue;
+                }
+                if out.records.len() >= max_records || (bytes >= max_bytes && !out.records.is_empty()) {
+                    out.next = r.offset;
+                    return Ok(out);
+                }
+                bytes += r.value.len() + key.len();
+                out.records.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Base offsets of the batches at or after `offset` that the key index lists under
+    /// `key`'s hash (a batch of another key with the same hash is listed too). With one
+    /// record per batch this counts the key's records cheaply.
+    pub fn key_batch_offsets(&self, key: &[u8], offset: u64) -> Result<Vec<u64>> {
+        let b = self.bounds();
+        if offset < b.log_start || offset > b.end {
+            return Err(self.out_of_range(offset, b));
+        }
+        Ok(self
+            .key_batches(key, offset, b.end)?
+            .into_iter()
+            .map(|(s, rel, _)| s.base_offset + u64::from(rel))
+            .collect())
+    }
+
+    /// (segment, relative offset, position) of each batch indexed under `key`'s hash that can
+    /// hold records in `offset..end`, in offset order.
+    fn key_batches(&self, key: &[u8], offset: u64, end: u64) -> Result<Vec<(Arc<Segment>, u32, u32)>> {
+        let hash = crate::keys::key_hash(key);
+        let segments = self.segments.read().clone();
+        let first = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let max_batch = self.config.max_batch_bytes;
+        let mut out = Vec::new();
+        for seg in &segments[first..] {
+            if seg.base_offset >= end {
+                break;
+            }
+            let committed = seg.committed_len();
+            // A batch starting before `offset` can still hold records at `offset`.
+            let from_rel = offset.saturating_sub(seg.base_offset).min(u64::from(u32::MAX)) as u32;
+            let from_rel = seg.index.read().rel_offset_at_or_before(from_rel);
+            let found = seg
+                .keys
+                .lookup(hash, from_rel, |prefix| seg.load_keys(prefix, max_batch))
+                .map_err(|e| LogError::io(&seg.path, e))?;
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|(rel, pos)| u64::from(*pos) < committed && seg.base_offset + u64::from(*rel) < end)
+                    .map(|(rel, pos)| (seg.clone(), rel, pos)),
+            );
+        }
+        Ok(out)
+    }
+
     /// The first offset whose record has a timestamp `>= ts_ms`, or `None` if every readable
     /// record is older (the caller then starts at `end`).
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<u64>> {
@@ -198,34 +295,23 @@ impl PartitionShared {
             if seg.base_offset >= end {
                 break;
             }
-            let mut pos = if n == 0 {
+            let pos = if n == 0 {
                 let rel = from.saturating_sub(seg.base_offset).min(u64::from(u32::MAX)) as u32;
                 u64::from(seg.index.read().position_for(rel))
             } else {
                 0
             };
-            let limit = seg.committed_len();
-            let mut chunk = Bytes::new();
-            let mut chunk_start = pos;
-            while pos < limit {
-                let mut at = (pos - chunk_start) as usize;
-                if at + HEADER_LEN > chunk.len() {
-                    chunk = seg.read_committed(pos, READ_CHUNK)?;
-                    chunk_start = pos;
-                    at = 0;
-                }
-                let header = BatchHeader::parse(&chunk[at..], max_batch).map_err(|d| seg.corrupt(pos, d))?;
-                let len = header.length as usize;
-                let data =
-                    if at + len <= chunk.len() { chunk.slice(at..at + len) } else { seg.read_committed(pos, len)? };
-                batch::verify(&data, max_batch).map_err(|d| seg.corrupt(pos, d))?;
+            let mut more = true;
+            seg.walk(pos, u64::MAX, max_batch, |_, header, data| {
                 if header.base_offset >= end {
-                    return Ok(());
+                    more = false;
+                    return Ok(false);
                 }
-                if !f(header, data)? {
-                    return Ok(());
-                }
-                pos += len as u64;
+                more = f(header, data)?;
+                Ok(more)
+            })?;
+            if !more {
+                return Ok(());
             }
         }
         Ok(())

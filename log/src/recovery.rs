@@ -249,6 +249,8 @@ pub fn open_partition(dir: &Path, name: &str, config: &Arc<LogConfig>) -> Result
             }
             file.set_len(valid_len).map_err(|e| LogError::io(&path, e))?;
             file.sync_all().map_err(|e| LogError::io(&path, e))?;
+            // The key index may describe bytes that are gone; it is rebuilt on first use.
+            let _ = fs::remove_file(path.with_extension("keys"));
         }
         let seg = Segment::from_parts(base, path, file, index, valid_len, seg_next);
         next = seg_next;
@@ -310,7 +312,7 @@ fn starts_with_data(path: &Path) -> bool {
 fn remove_segments(dir: &Path, bases: &[u64]) -> Result<usize> {
     for b in bases {
         let p = dir.join(segment::file_name(*b));
-        for ext in ["log", "index", "timeindex"] {
+        for ext in ["log", "index", "timeindex", "keys"] {
             let f = p.with_extension(ext);
             if f.exists() {
                 fs::remove_file(&f).map_err(|e| LogError::io(&f, e))?;

@@ -1,4 +1,4 @@
-//! One segment file: `<base offset, 20 digits>.log` plus its two index files.
+//! One segment file: `<base offset, 20 digits>.log` plus its index files (offset, time, keys).
 //!
 //! Invariants:
 //! - Batches are contiguous from byte 0; the first batch's base offset is the segment's base.
@@ -19,6 +19,10 @@ use parking_lot::RwLock;
 use crate::batch::{self, BatchDefect, BatchHeader, HEADER_LEN, MAGIC, MAGIC_POS};
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
+use crate::keys::{self, KeyEntry, SegmentKeys};
+
+/// Bytes read at a time when walking batches.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// File name of the segment whose first offset is `base`.
 pub fn file_name(base: u64) -> String {
@@ -45,6 +49,8 @@ pub struct Segment {
     committed_next: AtomicU64,
     /// Set once the segment is deleted by retention; readers holding it may still finish.
     pub deleted: AtomicBool,
+    /// Where each record key's batches are (see `keys.rs`).
+    pub keys: SegmentKeys,
 }
 
 impl Segment {
@@ -95,6 +101,7 @@ impl Segment {
             committed_len: AtomicU64::new(len),
             committed_next: AtomicU64::new(next),
             deleted: AtomicBool::new(false),
+            keys: SegmentKeys::new(len),
         }
     }
 
@@ -131,6 +138,65 @@ impl Segment {
         let data = self.read_committed(pos, header.length as usize)?;
         batch::verify(&data, max_batch).map_err(|d| self.corrupt(pos, d))?;
         Ok((header, data))
+    }
+
+    /// Calls `f(position, header, batch)` for each batch from byte `from` (a batch start) up
+    /// to `limit` or the committed length, whichever is smaller, verifying each CRC. Stops
+    /// when `f` returns `false`.
+    pub fn walk(
+        &self,
+        from: u64,
+        limit: u64,
+        max_batch: usize,
+        mut f: impl FnMut(u64, BatchHeader, Bytes) -> Result<bool>,
+    ) -> Result<()> {
+        let limit = limit.min(self.committed_len());
+        let mut pos = from;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = pos;
+        while pos < limit {
+            let mut at = (pos - chunk_start) as usize;
+            if at + HEADER_LEN > chunk.len() {
+                chunk = self.read_committed(pos, READ_CHUNK)?;
+                chunk_start = pos;
+                at = 0;
+            }
+            let header = BatchHeader::parse(&chunk[at..], max_batch).map_err(|d| self.corrupt(pos, d))?;
+            let len = header.length as usize;
+            let data = if at + len <= chunk.len() { chunk.slice(at..at + len) } else { self.read_committed(pos, len)? };
+            batch::verify(&data, max_batch).map_err(|d| self.corrupt(pos, d))?;
+            if !f(pos, header, data)? {
+                return Ok(());
+            }
+            pos += len as u64;
+        }
+        Ok(())
+    }
+
+    /// The key-index entries of bytes `[0, prefix_len)`: from `<base>.keys` where it covers
+    /// them, the rest by scanning the segment.
+    pub fn load_keys(&self, prefix_len: u64, max_batch: usize) -> std::io::Result<Vec<KeyEntry>> {
+        let file = self.path.with_extension("keys");
+        let (mut entries, from) = match keys::read_file(&file, self.base_offset) {
+            Some((covered, entries)) if covered <= prefix_len => (entries, covered),
+            _ => (Vec::new(), 0),
+        };
+        let mut hashes: Vec<u32> = Vec::new();
+        self.walk(from, prefix_len, max_batch, |pos, header, data| {
+            let records = batch::decode_records(&data, &header).map_err(|d| self.corrupt(pos, d))?;
+            hashes.clear();
+            hashes.extend(records.iter().filter_map(|r| r.key.as_deref().map(keys::key_hash)));
+            hashes.sort_unstable();
+            hashes.dedup();
+            let rel = (header.base_offset - self.base_offset) as u32;
+            entries.extend(hashes.iter().map(|h| KeyEntry { hash: *h, rel, pos: pos as u32 }));
+            Ok(true)
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if from < prefix_len {
+            tracing::debug!(path = %self.path.display(), from, prefix_len, "key index rebuilt by scanning");
+        }
+        Ok(entries)
     }
 
     pub fn corrupt(&self, position: u64, defect: BatchDefect) -> LogError {
