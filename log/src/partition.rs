@@ -55,7 +55,6 @@ pub struct PartitionShared {
     poisoned: parking_lot::Mutex<Option<String>>,
 }
 
-/// Bytes read ahead per `pread` when walking batches.
 
 impl PartitionShared {
     pub fn new(name: String, dir: PathBuf, config: Arc<LogConfig>, segments: Vec<Arc<Segment>>, end: u64) -> Self {
