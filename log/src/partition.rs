@@ -55,7 +55,6 @@ pub struct PartitionShared {
     poisoned: parking_lot::Mutex<Option<String>>,
 }
 
-
 impl PartitionShared {
     pub fn new(name: String, dir: PathBuf, config: Arc<LogConfig>, segments: Vec<Arc<Segment>>, end: u64) -> Self {
         let log_start = segments.first().map_or(0, |s| s.base_offset);

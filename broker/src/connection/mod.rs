@@ -3,7 +3,7 @@
 //! connection (will message, session save or removal). Outbound delivery is in
 //! `outbound.rs`. The transport is any byte stream.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,21 +16,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+mod catch_up;
+
 use crate::acl::Action;
 use crate::codec::{
     self, AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet,
     ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::hub::{Delivery, Hub, Online, SessionHandle};
-use crate::outbound::{Offer, Outbound};
+use crate::outbound::Outbound;
 use crate::session::{SessionState, Subscription};
 
 /// Time a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a persistent session's cursors are saved while connected.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
-/// Records read from the log per catch-up step.
-const CATCH_UP_BATCH: usize = 256;
 
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, u8, Result<(), String>)> + Send>>;
 
@@ -139,6 +139,8 @@ struct Connection {
     in_aliases: std::collections::HashMap<u16, String>,
     pending: FuturesOrdered<Pending>,
     clean_disconnect: bool,
+    /// Per partition, the key all this session's records there carry (see `catch_up.rs`).
+    cursor_keys: HashMap<usize, Option<String>>,
 }
 
 fn refuse(version: ProtocolVersion, reason: ReasonCode) -> ConnAck {
@@ -268,6 +270,7 @@ impl Connection {
             in_aliases: Default::default(),
             pending: FuturesOrdered::new(),
             clean_disconnect: false,
+            cursor_keys: HashMap::new(),
         })
     }
 
@@ -290,6 +293,9 @@ impl Connection {
         };
         let connack = ConnAck { session_present: self.session_present, reason: ReasonCode::Success, properties };
         let _ = codec::encode(&Packet::ConnAck(connack), self.version, out);
+        if self.session_present {
+            self.bound_offline_backlog();
+        }
         {
             let mut tree = self.hub.tree.write();
             for sub in self.session.subscriptions.values() {
@@ -354,6 +360,7 @@ impl Connection {
     }
 
     fn add_subscription(&mut self, sub: Subscription, out: &mut BytesMut) -> bool {
+        self.cursor_keys.clear();
         let existed = self.session.subscriptions.contains_key(&sub.filter);
         let engine = self.hub.engine.clone();
         if sub.group.is_none() {
@@ -464,55 +471,6 @@ impl Connection {
             && self.session.outbound.values().any(|i| i.qos == 2 && i.pid.is_some())
         {
             self.save_if_dirty();
-        }
-    }
-
-    /// Reads the log from the cursor of every partition that needs it, one batch each.
-    fn catch_up_step(&mut self, out: &mut BytesMut) {
-        let engine = self.hub.engine.clone();
-        let pids: Vec<usize> = self.session.cursors.iter().filter(|(_, c)| c.catch_up).map(|(p, _)| *p).collect();
-        for pid in pids {
-            let part = &engine.partitions()[pid].log;
-            let Some(next) = self.session.cursors.get(&pid).map(|c| c.next) else { continue };
-            let records = match part.read(next, CATCH_UP_BATCH, 1 << 20) {
-                Ok(r) => r,
-                Err(axle_engine::log::LogError::OffsetOutOfRange { log_start, end, .. }) => {
-                    let to = if next < log_start { log_start } else { end };
-                    tracing::warn!(client_id = %self.client_id, partition = pid, from = next, to, "cursor outside the log (retention); messages skipped");
-                    if let Some(c) = self.session.cursors.get_mut(&pid) {
-                        c.next = to;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(client_id = %self.client_id, partition = pid, error = %e, "catch-up read failed");
-                    continue;
-                }
-            };
-            if records.is_empty() {
-                if let Some(c) = self.session.cursors.get_mut(&pid) {
-                    c.catch_up = false;
-                }
-                continue;
-            }
-            for r in records {
-                let before = self.session.outbound.len();
-                let offer = match Message::from_record(&r) {
-                    Some(m) => {
-                        self.outbound.offer(&mut self.session, pid, r.offset, crate::hub::UNKNOWN, &m, true, out)
-                    }
-                    None => {
-                        if let Some(c) = self.session.cursors.get_mut(&pid) {
-                            c.next = r.offset + 1;
-                        }
-                        Offer::Skipped
-                    }
-                };
-                self.persist_qos2(before);
-                if offer == Offer::Deferred {
-                    break;
-                }
-            }
         }
     }
 
@@ -834,6 +792,7 @@ impl Connection {
         for f in u.filters {
             match self.session.subscriptions.remove(&f) {
                 Some(sub) => {
+                    self.cursor_keys.clear();
                     self.hub.tree.write().remove(&sub.inner, sub.group.as_deref(), self.handle.id);
                     if self.session.is_persistent() {
                         let _ = self.session.delete_subscription(self.hub.engine.meta(), &f);
