@@ -55,9 +55,9 @@ fn acks_in(jobs: &[SyncJob]) -> usize {
 ///
 /// Before each sync it may wait a little for more work: callers acknowledged by the previous
 /// sync usually append again at once, and one sync carrying all of them beats two syncs
-/// carrying half each. It waits only while acknowledgement-carrying work keeps arriving, for
-/// at most half the recent sync latency, and only for as many acks as recent syncs carried
-/// (a decaying maximum), so a lone appender never waits.
+/// carrying half each. It waits for at most the recent sync latency, and only for as many
+/// acks as recent syncs carried (a maximum decaying by 1/8 per sync), so a lone appender
+/// never waits and a shrinking load stops waiting within a few syncs.
 pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<WriterStats>) {
     // Fine-grained sleeps: the default 50 µs timer slack would dwarf the waits below.
     // SAFETY: prctl on the calling thread with a plain integer argument.
@@ -69,14 +69,13 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
         jobs.extend(rx.try_iter());
         let mut have = acks_in(&jobs);
         if have > 0 && have < expected && jobs.iter().all(|j| j.done.is_none()) {
-            let until = Instant::now() + sync_ewma / 2;
+            // Appenders acknowledged by the last sync re-append over tens of microseconds
+            // on a busy machine (each wakes, encodes, and the writer writes it), in bursts
+            // with quiet gaps: so wait out gaps too, bounded by one sync's latency.
+            let until = Instant::now() + sync_ewma;
             while have < expected && Instant::now() < until {
                 std::thread::sleep(Duration::from_micros(10));
-                let before = jobs.len();
                 jobs.extend(rx.try_iter());
-                if jobs.len() == before {
-                    break;
-                }
                 have = acks_in(&jobs);
             }
         }
