@@ -190,6 +190,9 @@ impl Hub {
                 if h.tx.try_send(d).is_ok() {
                     h.last_dispatched[pid].store(offset + 1, Ordering::Relaxed);
                 } else {
+                    // The session must not take its next queued delivery as contiguous with
+                    // the last one: this record lies between them.
+                    h.last_dispatched[pid].store(UNKNOWN, Ordering::Relaxed);
                     h.overflowed.store(true, Ordering::Relaxed);
                     h.wake.notify_one();
                 }
