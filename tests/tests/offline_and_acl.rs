@@ -138,3 +138,21 @@ fn a_broken_acl_file_stops_the_broker_with_the_line_number() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ACL file line 2"), "stderr: {err}");
 }
+
+#[test]
+fn a_will_on_a_topic_the_acl_forbids_is_refused_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "allow all pubsub v/%c/#\n").unwrap();
+    let (_server, port) = start_with_config(dir.path(), &format!("acl_file = \"{}\"\n", acl.display()));
+    let connect = |will_topic: &str| {
+        run(Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", "car1", "-t", "v/car1/cmd", "-E"])
+            .args(["--will-topic", will_topic, "--will-payload", "gone"]))
+    };
+    let refused = connect("v/car2/status");
+    assert!(!refused.status.success(), "refused CONNECT exits non-zero");
+    let text = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(text.contains("not authori"), "CONNACK not authorised: {text}");
+    assert!(connect("v/car1/status").status.success(), "a will on its own topic is fine");
+}

@@ -162,6 +162,13 @@ impl Connection {
             tracing::info!(%peer, client_id = %c.client_id, "anonymous client refused (not from loopback)");
             return Err(refuse(v, ReasonCode::NotAuthorized));
         }
+        if let (Some(acl), Some(w)) = (&hub.acl, &c.will) {
+            if !acl.permits(&c.client_id, c.username.as_deref(), Action::Publish, &w.topic) {
+                tracing::info!(%peer, client_id = %c.client_id, topic = %w.topic, "will topic refused by the ACL");
+                hub.counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+                return Err(refuse(v, ReasonCode::NotAuthorized));
+            }
+        }
         let mut client_id = c.client_id.clone();
         let mut assigned_id = false;
         if client_id.is_empty() {
