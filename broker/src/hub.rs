@@ -7,7 +7,7 @@
 //! (its queue overflowed, or it was catching up) it reads the gap from the log itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axle_engine::{Engine, Message};
@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
+use crate::shared::SharedGroups;
 use crate::topic_tree::{Match, SubscriberId, TopicTree};
 
 /// `prev_end` value meaning "unknown": accept only an exact cursor match.
@@ -41,6 +42,8 @@ pub struct SessionHandle {
     /// Set when a delivery was dropped because the queue was full.
     pub overflowed: AtomicBool,
     pub wake: Notify,
+    /// Shared-subscription deliveries this session may still take (see `shared.rs`).
+    pub shared_credit: AtomicI64,
 }
 
 /// A connected client id: how to take it over and when it is gone.
@@ -58,7 +61,8 @@ pub struct Hub {
     pub sessions: RwLock<HashMap<SubscriberId, Arc<SessionHandle>>>,
     pub online: Mutex<HashMap<String, Online>>,
     pub retained: RwLock<BTreeMap<String, Arc<Message>>>,
-    shared_rr: Mutex<HashMap<String, usize>>,
+    /// Shared-subscription groups' dispatch state.
+    pub shared: SharedGroups,
     next_id: AtomicU64,
     /// Wills waiting out their delay, by client id: cancelled if the client reconnects.
     pub pending_wills: Mutex<HashMap<String, Arc<Notify>>>,
@@ -107,7 +111,7 @@ impl Hub {
             sessions: RwLock::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
             retained: RwLock::new(retained),
-            shared_rr: Mutex::new(HashMap::new()),
+            shared: SharedGroups::default(),
             next_id: AtomicU64::new(1),
             pending_wills: Mutex::new(HashMap::new()),
             acl,
@@ -130,6 +134,7 @@ impl Hub {
             last_dispatched: (0..n).map(|_| AtomicU64::new(UNKNOWN)).collect(),
             overflowed: AtomicBool::new(false),
             wake: Notify::new(),
+            shared_credit: AtomicI64::new(0),
         });
         self.sessions.write().insert(handle.id, handle.clone());
         (handle, rx)
@@ -199,7 +204,7 @@ impl Hub {
             }
         }
         for (key, members) in groups {
-            self.dispatch_shared(
+            self.shared.dispatch(
                 &sessions,
                 &key,
                 &members,
@@ -208,50 +213,24 @@ impl Hub {
         }
     }
 
-    /// Round-robin over a shared group's members, skipping members whose queue is full.
-    fn dispatch_shared(
-        &self,
-        sessions: &HashMap<SubscriberId, Arc<SessionHandle>>,
-        key: &str,
-        members: &[SubscriberId],
-        d: Delivery,
-    ) {
-        if members.is_empty() {
-            return;
-        }
-        let start = {
-            let mut rr = self.shared_rr.lock();
-            let c = rr.entry(key.to_string()).or_insert(0);
-            *c = c.wrapping_add(1);
-            *c
-        };
-        let mut d = d;
-        for i in 0..members.len() {
-            let Some(h) = sessions.get(&members[(start + i) % members.len()]) else { continue };
-            match h.tx.try_send(d) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(back)) | Err(mpsc::error::TrySendError::Closed(back)) => d = back,
+    /// Re-offers shared-subscription messages a departing member left unacknowledged, and
+    /// forgets the groups it was the last member of.
+    pub fn redispatch_shared(&self, deliveries: Vec<Delivery>, left_groups: &[String]) {
+        let sessions = self.sessions.read();
+        let tree = &self.tree;
+        self.shared.redispatch(
+            &sessions,
+            |key| {
+                let (group, filter) = key.split_once('\u{0}').unwrap_or((key, ""));
+                tree.read().shared_members(filter, group)
+            },
+            deliveries,
+        );
+        for key in left_groups {
+            let (group, filter) = key.split_once('\u{0}').unwrap_or((key, ""));
+            if self.tree.read().shared_members(filter, group).is_empty() {
+                self.shared.forget(key);
             }
-        }
-        tracing::warn!(group = %key.replace('\u{0}', " "), "every member of a shared group is full; message not delivered to the group");
-    }
-
-    /// Re-offers shared-subscription messages a departing member left unacknowledged.
-    pub fn redispatch_shared(&self, leaving: SubscriberId, deliveries: Vec<Delivery>) {
-        for d in deliveries {
-            let Some(key) = d.shared.clone() else { continue };
-            let (group, filter) = key.split_once('\u{0}').unwrap_or((&key, ""));
-            let mut members = Vec::new();
-            self.tree.read().for_each_match(&d.msg.topic, |m| {
-                if let Match::Shared { key: k, members: ms } = m {
-                    if k == key {
-                        members.extend(ms.iter().copied().filter(|m| *m != leaving));
-                    }
-                }
-            });
-            let sessions = self.sessions.read();
-            tracing::debug!(group, filter, "redispatching an unacknowledged shared message");
-            self.dispatch_shared(&sessions, &key, &members, d);
         }
     }
 

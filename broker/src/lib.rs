@@ -14,5 +14,6 @@ pub mod listener;
 pub mod outbound;
 pub mod retained;
 pub mod session;
+pub mod shared;
 pub mod topic_tree;
 pub mod will;

@@ -72,6 +72,18 @@ impl TopicTree {
     pub fn is_empty(&self) -> bool {
         self.root.is_empty()
     }
+
+    /// The members of shared group `group` on `filter` (empty if there is none).
+    pub fn shared_members(&self, filter: &str, group: &str) -> Vec<SubscriberId> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(n) => node = n,
+                None => return Vec::new(),
+            }
+        }
+        node.shared.get(group).cloned().unwrap_or_default()
+    }
 }
 
 fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, id: SubscriberId) -> bool {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 mod catch_up;
+mod shared;
 
 use crate::acl::Action;
 use crate::codec::{
@@ -255,6 +256,7 @@ impl Connection {
             shared_inflight: Default::default(),
             upgrade_qos: cfg.upgrade_qos,
         };
+        handle.shared_credit.store(outbound.window as i64, Ordering::Release);
         tracing::info!(%peer, %client_id, version = ?v, clean_start = c.clean_start, session_present, "client connected");
         Ok(Connection {
             hub,
@@ -364,6 +366,7 @@ impl Connection {
                 }
             }
         }
+        self.pull_shared(out);
     }
 
     fn add_subscription(&mut self, sub: Subscription, out: &mut BytesMut) -> bool {
@@ -450,6 +453,7 @@ impl Connection {
                             c.catch_up = true;
                         }
                     }
+                    self.pull_shared(&mut out);
                 }
                 _ = sleep_until_opt(ka) => {
                     return End::Server(ReasonCode::KeepAliveTimeout, "no packet within 1.5 x keepalive".into());
@@ -462,7 +466,7 @@ impl Connection {
 
     fn deliver(&mut self, d: Delivery, out: &mut BytesMut) {
         if d.shared.is_some() {
-            self.outbound.offer_shared(&mut self.session, d, out);
+            self.offer_shared(d, out);
             return;
         }
         let before = self.session.outbound.len();
@@ -512,11 +516,12 @@ impl Connection {
                 if let Some(i) = self.session.outbound.get(&a.packet_id) {
                     if i.qos == 1 {
                         self.session.outbound.remove(&a.packet_id);
-                        self.outbound.shared_inflight.remove(&a.packet_id);
+                        self.shared_finished(a.packet_id);
                         self.session.dirty = true;
                     }
                 }
-                self.outbound.drain_shared(&mut self.session, out);
+                self.drain_shared(out);
+                self.pull_shared(out);
                 Ok(())
             }
             Packet::PubRec(a) => {
@@ -524,8 +529,10 @@ impl Connection {
                     Some(i) if a.reason.is_error() => {
                         let _ = i;
                         self.session.outbound.remove(&a.packet_id);
-                        self.outbound.shared_inflight.remove(&a.packet_id);
+                        self.shared_finished(a.packet_id);
                         self.session.dirty = true;
+                        self.drain_shared(out);
+                        self.pull_shared(out);
                         return Ok(());
                     }
                     Some(i) => {
@@ -547,10 +554,11 @@ impl Connection {
             }
             Packet::PubComp(a) => {
                 if self.session.outbound.remove(&a.packet_id).is_some() {
-                    self.outbound.shared_inflight.remove(&a.packet_id);
+                    self.shared_finished(a.packet_id);
                     self.session.dirty = true;
                 }
-                self.outbound.drain_shared(&mut self.session, out);
+                self.drain_shared(out);
+                self.pull_shared(out);
                 Ok(())
             }
             Packet::PubRel(a) => {
@@ -782,6 +790,7 @@ impl Connection {
             out,
         );
         out.unsplit(retained);
+        self.pull_shared(out);
     }
 
     /// Whether the ACL lets this client publish to / subscribe to `target`; counts refusals.
@@ -801,6 +810,11 @@ impl Connection {
                 Some(sub) => {
                     self.cursor_keys.clear();
                     self.hub.tree.write().remove(&sub.inner, sub.group.as_deref(), self.handle.id);
+                    if let Some(g) = &sub.group {
+                        if self.hub.tree.read().shared_members(&sub.inner, g).is_empty() {
+                            self.hub.shared.forget(&format!("{g}\u{0}{}", sub.inner));
+                        }
+                    }
                     if self.session.is_persistent() {
                         let _ = self.session.delete_subscription(self.hub.engine.meta(), &f);
                     }
@@ -848,14 +862,28 @@ impl Connection {
             }
         }
         self.hub.unregister(self.handle.id);
-        let shared: Vec<Delivery> = self
+        // Shared deliveries this member did not finish: in flight, waiting, or still queued.
+        self.rx.close();
+        let mut shared: Vec<Delivery> = self
             .outbound
             .shared_inflight
             .drain()
             .map(|(_, d)| d)
             .chain(self.outbound.shared_waiting.drain(..))
             .collect();
-        self.hub.redispatch_shared(self.handle.id, shared);
+        while let Ok(d) = self.rx.try_recv() {
+            if d.shared.is_some() {
+                shared.push(d);
+            }
+        }
+        shared.sort_by_key(|d| (d.pid, d.offset));
+        let groups: Vec<String> = self
+            .session
+            .subscriptions
+            .values()
+            .filter_map(|s| s.group.as_ref().map(|g| format!("{g}\u{0}{}", s.inner)))
+            .collect();
+        self.hub.redispatch_shared(shared, &groups);
         let engine = self.hub.engine.clone();
         if self.session.is_persistent() {
             self.session.outbound.retain(|_, i| i.pid.is_some());
