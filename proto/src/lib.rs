@@ -1,2 +1,12 @@
-//! The versioned `.proto` definitions of Axle's gRPC consumer API and the code generated
-//! from them. It owns the wire contract only: no server or client logic lives here.
+//! The versioned `.proto` definitions of Axle's gRPC consumer API (`axle/v1/consumer.proto`)
+//! and the code tonic generates from them, client and server. It owns the wire contract
+//! only: no server or client logic lives here, and it knows nothing of the log or MQTT.
+
+/// `axle.v1`: see `proto/axle/v1/consumer.proto` for every field's meaning and units.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("axle.v1");
+}
+
+/// The `.proto` source, for clients that generate their own stubs (e.g. Python's grpcio-tools).
+pub const CONSUMER_PROTO: &str = include_str!("../axle/v1/consumer.proto");

@@ -1,0 +1,11 @@
+//! Generates the gRPC code from `axle/v1/consumer.proto` with the vendored `protoc`, so that
+//! building needs no system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: a build script is single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=axle/v1/consumer.proto");
+    tonic_prost_build::configure().compile_protos(&["axle/v1/consumer.proto"], &["."])?;
+    Ok(())
+}
