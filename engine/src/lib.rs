@@ -5,6 +5,7 @@
 //! in topics and messages, never in MQTT packets, and never touches segment files: those
 //! belong to `axle-log`.
 
+pub mod groups;
 pub mod message;
 pub mod meta;
 pub mod stream;
@@ -60,6 +61,7 @@ pub struct Engine {
     meta: Arc<MetaStore>,
     streams: StreamSet,
     partitions: Vec<PartitionHandle>,
+    groups: groups::Groups,
     /// `first[s]` = id of partition 0 of stream `s`.
     first: Vec<usize>,
 }
@@ -80,7 +82,8 @@ impl Engine {
                 partitions.push(PartitionHandle { id: partitions.len(), name, stream: si, log: log_part });
             }
         }
-        Ok(Engine { log, meta, streams, partitions, first })
+        let groups = groups::Groups::open(meta.clone())?;
+        Ok(Engine { log, meta, streams, partitions, first, groups })
     }
 
     pub fn streams(&self) -> &StreamSet {
@@ -93,6 +96,11 @@ impl Engine {
 
     pub fn partition_by_name(&self, name: &str) -> Option<&PartitionHandle> {
         self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// Consumer groups and their committed offsets.
+    pub fn groups(&self) -> &groups::Groups {
+        &self.groups
     }
 
     pub fn meta(&self) -> &Arc<MetaStore> {
