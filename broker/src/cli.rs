@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// MQTT over TCP listen address [default: 0.0.0.0:1883].
     #[arg(long, env = "AXLE_MQTT_TCP")]
     pub mqtt_tcp: Option<std::net::SocketAddr>,
+    /// gRPC consumer API listen address [default: 0.0.0.0:50051].
+    #[arg(long, env = "AXLE_GRPC")]
+    pub grpc: Option<std::net::SocketAddr>,
     /// Truncate partitions at mid-log corruption instead of refusing to start.
     #[arg(long)]
     pub repair: bool,

@@ -22,6 +22,8 @@ pub struct Config {
     pub auto_subscribe: Vec<AutoSubscribe>,
     /// Path of an ACL file (see `docs/acl.md`); none allows everything.
     pub acl_file: Option<PathBuf>,
+    /// This broker's name in cluster metadata (the partition leader in `DescribeStream`).
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +71,8 @@ pub struct MqttSection {
 pub struct ListenerSection {
     /// MQTT over TCP.
     pub tcp: SocketAddr,
+    /// The gRPC consumer API.
+    pub grpc: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +113,7 @@ impl Default for Config {
             default_stream_partitions: 4,
             auto_subscribe: Vec::new(),
             acl_file: None,
+            node_id: "axle-1".into(),
         }
     }
 }
@@ -143,7 +148,7 @@ impl Default for MqttSection {
 
 impl Default for ListenerSection {
     fn default() -> Self {
-        ListenerSection { tcp: "0.0.0.0:1883".parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 1883))) }
+        ListenerSection { tcp: SocketAddr::from(([0, 0, 0, 0], 1883)), grpc: SocketAddr::from(([0, 0, 0, 0], 50051)) }
     }
 }
 

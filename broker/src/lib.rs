@@ -9,6 +9,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod grpc;
 pub mod hub;
 pub mod listener;
 pub mod outbound;

@@ -48,6 +48,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(a) = args.mqtt_tcp {
         cfg.listeners.tcp = a;
     }
+    if let Some(a) = args.grpc {
+        cfg.listeners.grpc = a;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -89,18 +92,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let data_dir = cfg.data_dir.clone();
     let tcp = cfg.listeners.tcp;
+    let grpc = cfg.listeners.grpc;
     let result = rt.block_on(async {
         let hub = Hub::new(engine.clone(), cfg, acl);
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
-        tracing::info!(data_dir = %data_dir.display(), mqtt_tcp = %mqtt_addr, backend = engine.log().io_backend(), "axle serving");
+        let (grpc_addr, grpc_task) = axle_broker::grpc::serve(hub.clone(), grpc)
+            .await
+            .with_context(|| format!("binding the gRPC API on {grpc}"))?;
+        tracing::info!(data_dir = %data_dir.display(), mqtt_tcp = %mqtt_addr, grpc = %grpc_addr, backend = engine.log().io_backend(), "axle serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         }
         accept.abort();
+        grpc_task.abort();
         Ok::<_, anyhow::Error>(())
     });
     rt.shutdown_timeout(Duration::from_secs(5));

@@ -38,6 +38,15 @@ impl std::str::FromStr for PartitionKey {
     }
 }
 
+impl std::fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartitionKey::TopicLevels(n) => write!(f, "levels:{n}"),
+            PartitionKey::ClientId => f.write_str("client_id"),
+        }
+    }
+}
+
 /// Configuration of one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamConfig {

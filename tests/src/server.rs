@@ -36,6 +36,9 @@ impl Server {
         if !extra.contains(&"--mqtt-tcp") {
             cmd.args(["--mqtt-tcp", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--grpc") {
+            cmd.args(["--grpc", "127.0.0.1:0"]);
+        }
         let child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -57,11 +60,22 @@ impl Server {
 
     /// The MQTT port from the latest "axle serving" line, waiting up to `timeout`.
     pub fn wait_mqtt_port(&self, timeout: Duration) -> Option<u16> {
+        self.wait_port("mqtt_tcp", timeout)
+    }
+
+    /// The gRPC port from the latest "axle serving" line, waiting up to `timeout`.
+    pub fn wait_grpc_port(&self, timeout: Duration) -> Option<u16> {
+        self.wait_port("grpc", timeout)
+    }
+
+    /// The port of `field=ADDR` in the latest "axle serving" line, waiting up to `timeout`.
+    fn wait_port(&self, field: &str, timeout: Duration) -> Option<u16> {
         let start = Instant::now();
+        let needle = format!(" {field}=");
         while start.elapsed() < timeout {
             let out = self.output();
             if let Some(line) = out.lines().rev().find(|l| l.contains("axle serving")) {
-                let at = line.find("mqtt_tcp=")? + "mqtt_tcp=".len();
+                let at = line.find(&needle)? + needle.len();
                 let addr: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
                 return addr.rsplit(':').next()?.parse().ok();
             }
