@@ -1,0 +1,236 @@
+//! `drain`: gRPC `Fetch` of a large backlog from the page cache, next to the ceiling of
+//! reading the same segment files with plain sequential `read` calls, in the same run.
+//!
+//! It builds the backlog offline (the engine, one MQTT message per batch as MQTT publishes
+//! make them, `fsync = never`), starts the release `axle` binary on it, warms the page cache
+//! by reading the files once, then:
+//! - ceiling: reads the partition's segment files sequentially in 1 MiB chunks (MB/s);
+//! - Axle: one `Fetch` stream from offset 0 to the end with 1000-record responses, decoding
+//!   every record in the client (records/s, MB/s of the same file bytes).
+//!
+//! Run: `cargo build --release -p axle-broker -p axle-benches && target/release/drain`
+//! (`--records 10000000 --size 100`, then `--size 1024`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axle_engine::{Engine, EngineConfig, Message, StreamConfig};
+use axle_log::{FsyncPolicy, LogConfig};
+use axle_proto::v1::consumer_client::ConsumerClient;
+use axle_proto::v1::FetchRequest;
+use bytes::Bytes;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Records in the backlog.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Records per Fetch response.
+    #[arg(long, default_value_t = 1000)]
+    max_records: u32,
+    /// Timed passes of each reader; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The axle binary (default: beside this one).
+    #[arg(long)]
+    axle_bin: Option<PathBuf>,
+    /// Directory for the data (default: a temporary directory under ./target).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const STREAM: &str = "drain";
+
+fn build_backlog(data: &Path, records: u64, size: usize) -> anyhow::Result<()> {
+    let engine = Engine::open(EngineConfig {
+        data_dir: data.to_path_buf(),
+        log: LogConfig { fsync: FsyncPolicy::Never, ..LogConfig::default() },
+        streams: vec![StreamConfig {
+            name: STREAM.into(),
+            filters: vec!["bench/#".into()],
+            partitions: 1,
+            key: "levels:2".parse().map_err(anyhow::Error::msg)?,
+        }],
+        default_partitions: 1,
+    })?;
+    let part = engine.partitions()[0].log.clone();
+    let payload = Bytes::from(vec![b'x'; size]);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..records {
+            let msg = Message {
+                topic: format!("bench/v{}/telemetry", i % 1000),
+                payload: payload.clone(),
+                qos: 1,
+                publisher: format!("car{}", i % 1000),
+                timestamp: axle_log::now_ms(),
+                ..Default::default()
+            };
+            let key = format!("bench/v{}", i % 1000);
+            pending.push_back(part.append_start(&[msg.to_record(&key)])?);
+            if pending.len() >= 8192 {
+                if let Some(p) = pending.pop_front() {
+                    p.await?;
+                }
+            }
+        }
+        while let Some(p) = pending.pop_front() {
+            p.await?;
+        }
+        anyhow::Ok(())
+    })?;
+    engine.close()?;
+    Ok(())
+}
+
+fn segment_files(data: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = data.join("log").join(format!("{STREAM}-0"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Plain sequential reads of the files; returns bytes read.
+fn read_files(files: &[PathBuf]) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    for f in files {
+        let mut file = std::fs::File::open(f)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+struct Axle(Child);
+
+impl Drop for Axle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_axle(bin: &Path, data: &Path, config: &Path) -> anyhow::Result<(Axle, u16)> {
+    let log = data.with_extension("stderr.log");
+    let child = Command::new(bin)
+        .args(["serve", "--mqtt-tcp", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let axle = Axle(child);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = out.lines().find(|l| l.contains("axle serving")) {
+            let at = line.find(" grpc=").context("grpc address in the start line")? + " grpc=".len();
+            let addr: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+            let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).context("grpc port")?;
+            return Ok((axle, port));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("axle did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// One Fetch pass over the whole partition; returns (records, payload bytes).
+async fn fetch_all(port: u16, records: u64, max_records: u32) -> anyhow::Result<(u64, u64)> {
+    let mut client =
+        ConsumerClient::connect(format!("http://127.0.0.1:{port}")).await?.max_decoding_message_size(64 << 20);
+    let mut stream = client
+        .fetch(FetchRequest {
+            stream: STREAM.into(),
+            partition: 0,
+            offset: 0,
+            max_records,
+            max_bytes: 16 << 20,
+            max_wait_ms: 1000,
+        })
+        .await?
+        .into_inner();
+    let (mut n, mut bytes, mut next) = (0u64, 0u64, 0u64);
+    while n < records {
+        let Some(resp) = stream.message().await? else { bail!("stream ended at {n}") };
+        for r in &resp.records {
+            if r.offset != next {
+                bail!("offset {} where {next} was expected", r.offset);
+            }
+            next += 1;
+            bytes += r.payload.len() as u64;
+        }
+        n += resp.records.len() as u64;
+    }
+    Ok((n, bytes))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match &args.axle_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("axle"),
+    };
+    let base = args.dir.clone().unwrap_or_else(|| PathBuf::from("target/bench-drain"));
+    std::fs::create_dir_all(&base)?;
+    let tmp = tempfile::tempdir_in(&base)?;
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("axle.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nfsync = \"never\"\n[[streams]]\nname = \"{STREAM}\"\nfilters = [\"bench/#\"]\npartitions = 1\n"
+        ),
+    )?;
+    eprintln!("drain: building a backlog of {} records of {} B ...", args.records, args.size);
+    let t = Instant::now();
+    build_backlog(&data, args.records, args.size)?;
+    let files = segment_files(&data)?;
+    let file_bytes = read_files(&files)?; // also warms the page cache
+    eprintln!("drain: {:.1} MB in {} segments, built in {:.1?}", file_bytes as f64 / 1e6, files.len(), t.elapsed());
+
+    let mut ceiling = Vec::new();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        read_files(&files)?;
+        ceiling.push(file_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+    let (_axle, port) = start_axle(&bin, &data, &config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        let (n, _payload) = rt.block_on(fetch_all(port, args.records, args.max_records))?;
+        let secs = t.elapsed().as_secs_f64();
+        rates.push((n as f64 / secs, file_bytes as f64 / secs / 1e6));
+    }
+    let rec = axle_benches::median(&rates.iter().map(|r| r.0).collect::<Vec<_>>());
+    let mb = axle_benches::median(&rates.iter().map(|r| r.1).collect::<Vec<_>>());
+    let ceil = axle_benches::median(&ceiling);
+    println!("\n| records | payload | Fetch records/s | Fetch MB/s (file bytes) | sequential read MB/s | fraction |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| {} | {} B | {:.0} | {:.1} | {:.1} | {:.2} |", args.records, args.size, rec, mb, ceil, mb / ceil);
+    println!("\nmedian of {} runs; client and server on the same 2-core machine; page cache warm.", args.runs);
+    Ok(())
+}
