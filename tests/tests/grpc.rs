@@ -41,7 +41,7 @@ async fn start() -> Axle {
 async fn publish(c: &mut ConsumerClient<Channel>, topic: &str, payload: &str) -> PublishResponse {
     c.publish(PublishRequest {
         topic: topic.into(),
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         qos: 1,
         ..Default::default()
     })
@@ -102,7 +102,7 @@ async fn fetch_returns_records_in_order_with_limits_and_follows_the_tail() {
     let first = s.message().await.unwrap().unwrap();
     assert_eq!(first.records.len(), 7);
     assert_eq!(first.records[0].offset, 10);
-    assert_eq!(first.records[0].payload, b"m10");
+    assert_eq!(first.records[0].payload, b"m10".as_slice());
     assert_eq!(first.next_offset, 17);
     assert_eq!(first.high_watermark, 50);
     assert_eq!(first.log_start_offset, 0);
@@ -128,7 +128,7 @@ async fn fetch_returns_records_in_order_with_limits_and_follows_the_tail() {
     loop {
         let r = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
         if let Some(rec) = r.records.first() {
-            assert_eq!((rec.offset, rec.payload.as_slice()), (50, b"late".as_slice()));
+            assert_eq!((rec.offset, rec.payload.as_ref()), (50, b"late".as_slice()));
             break;
         }
     }
@@ -178,10 +178,10 @@ async fn an_mqtt_publish_appears_in_fetch_with_its_topic_and_properties() {
     let p = offsets.iter().find(|o| o.offset == 1).expect("one partition holds the message").partition;
     let r = &fetch_n(&mut a.client, "telemetry", p, 0, 1).await[0];
     assert_eq!(r.topic, "v/car9/telemetry");
-    assert_eq!(r.payload, b"speed=42");
+    assert_eq!(r.payload, b"speed=42".as_slice());
     assert_eq!(r.publisher, "car9");
     assert_eq!(r.qos, 1);
-    assert_eq!(r.key, b"v/car9");
+    assert_eq!(r.key, b"v/car9".as_slice());
     assert_eq!(r.content_type.as_deref(), Some("text/plain"));
     assert_eq!(r.user_properties, vec![UserProperty { key: "unit".into(), value: "kmh".into() }]);
     let _ = &a.server;
@@ -313,7 +313,7 @@ async fn grpc_publish_reaches_an_offline_persistent_mqtt_session() {
         .client
         .publish(PublishRequest {
             topic: "v/car5/cmd".into(),
-            payload: b"unlock".to_vec(),
+            payload: b"unlock".to_vec().into(),
             qos: 1,
             publisher: "fleet-backend".into(),
             ..Default::default()

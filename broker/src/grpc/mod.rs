@@ -14,7 +14,6 @@ use axle_engine::groups::{GroupError, GroupStoreError, Strategy};
 use axle_engine::{Engine, Message};
 use axle_proto::v1::consumer_server::{Consumer, ConsumerServer};
 use axle_proto::v1::*;
-use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::hub::Hub;
@@ -279,7 +278,7 @@ impl Consumer for ConsumerService {
         let now = axle_engine::log::now_ms();
         let msg = Message {
             topic: req.topic,
-            payload: Bytes::from(req.payload),
+            payload: req.payload,
             qos: req.qos as u8,
             retain: req.retain,
             publisher: if req.publisher.is_empty() { "grpc".into() } else { req.publisher },
@@ -287,7 +286,7 @@ impl Consumer for ConsumerService {
             expires_at: req.message_expiry_interval.map(|s| now + i64::from(s) * 1000),
             content_type: req.content_type,
             response_topic: req.response_topic,
-            correlation_data: req.correlation_data.map(Bytes::from),
+            correlation_data: req.correlation_data,
             user_properties: req.user_properties.into_iter().map(|p| (p.key, p.value)).collect(),
             timestamp: now,
         };
