@@ -154,7 +154,13 @@ async fn unacked_qos1_messages_are_redelivered_with_dup_on_reconnect() {
 async fn unacked_qos1_messages_are_redelivered_with_dup_after_sigkill_restart() {
     let mut b = Broker::start();
     receive_without_acking(&b, "dupk", "dup/k", 5).await;
-    // The connection has ended, so the session was saved at disconnect.
+    // Kill only once the broker has seen the connection end and saved the session (it logs
+    // the disconnect after saving); a kill before that may lose the record of what was sent.
+    assert!(
+        b.server.wait_for_output("client disconnected client_id=dupk", common::WAIT),
+        "the broker noticed the dropped connection\n{}",
+        b.log()
+    );
     b.kill_and_restart();
     let mut s = V5::connect(persistent("dupk", b.port, 3600)).await;
     assert!(s.connack.session_present, "{}", b.log());

@@ -17,7 +17,7 @@ async fn publish_properties_are_passed_through_to_subscribers() {
     let b = Broker::start();
     let mut s = V5::connect(opts("s", b.port)).await;
     s.subscribe("props/t", QoS::AtLeastOnce).await;
-    let mut p = V5::connect(opts("p", b.port)).await;
+    let p = V5::connect(opts("p", b.port)).await;
     let props = PublishProperties {
         payload_format_indicator: Some(1),
         response_topic: Some("props/reply".into()),

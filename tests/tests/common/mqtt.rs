@@ -25,6 +25,8 @@ pub struct V5 {
     pub client: AsyncClient,
     pub connack: ConnAck,
     rx: mpsc::Receiver<Result<Packet, Closed>>,
+    /// PUBLISH packets that arrived while `wait_for` looked for something else.
+    stash: std::collections::VecDeque<Packet>,
     task: JoinHandle<()>,
 }
 
@@ -88,7 +90,7 @@ impl V5 {
             }
         });
         match tokio::time::timeout(WAIT, rx.recv()).await {
-            Ok(Some(Ok(Packet::ConnAck(connack)))) => Ok(V5 { client, connack, rx, task }),
+            Ok(Some(Ok(Packet::ConnAck(connack)))) => Ok(V5 { client, connack, rx, stash: Default::default(), task }),
             Ok(Some(Ok(other))) => Err(Closed::Other(format!("expected CONNACK, got {other:?}"))),
             Ok(Some(Err(e))) => Err(e),
             Ok(None) => Err(Closed::Other("event loop ended".into())),
@@ -98,6 +100,9 @@ impl V5 {
 
     /// The next incoming packet, or what ended the connection; panics after `WAIT`.
     pub async fn next(&mut self) -> Result<Packet, Closed> {
+        if let Some(p) = self.stash.pop_front() {
+            return Ok(p);
+        }
         match tokio::time::timeout(WAIT, self.rx.recv()).await {
             Ok(Some(r)) => r,
             Ok(None) => Err(Closed::Other("event loop ended".into())),
@@ -107,16 +112,23 @@ impl V5 {
 
     /// The next packet within `d`, if any.
     pub async fn next_within(&mut self, d: Duration) -> Option<Result<Packet, Closed>> {
+        if let Some(p) = self.stash.pop_front() {
+            return Some(Ok(p));
+        }
         tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
     }
 
     /// Waits for the next packet matching `pred`, skipping others; panics if the connection
     /// ends or nothing matches within `WAIT`.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Packet) -> bool) -> Packet {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i).expect("index from position");
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(Ok(p))) if pred(&p) => return p,
+                Ok(Some(Ok(p @ Packet::Publish(_)))) => self.stash.push_back(p),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => panic!("connection ended while waiting for {what}: {e:?}"),
                 Ok(None) => panic!("event loop ended while waiting for {what}"),
@@ -160,7 +172,14 @@ impl V5 {
     /// PUBLISH packets received within `d` (to check that nothing, or nothing more, arrives).
     pub async fn publishes_within(&mut self, d: Duration) -> Vec<Publish> {
         let deadline = tokio::time::Instant::now() + d;
-        let mut got = Vec::new();
+        let mut got: Vec<Publish> = self
+            .stash
+            .drain(..)
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect();
         while let Ok(Some(r)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             match r {
                 Ok(Packet::Publish(p)) => got.push(p),
@@ -219,6 +238,7 @@ pub struct V311 {
     pub client: rumqttc::AsyncClient,
     pub session_present: bool,
     rx: mpsc::UnboundedReceiver<Result<rumqttc::Packet, String>>,
+    stash: std::collections::VecDeque<rumqttc::Packet>,
     task: JoinHandle<()>,
 }
 
@@ -249,17 +269,21 @@ impl V311 {
         match tokio::time::timeout(WAIT, rx.recv()).await {
             Ok(Some(Ok(rumqttc::Packet::ConnAck(c)))) => {
                 assert_eq!(c.code, rumqttc::ConnectReturnCode::Success, "CONNACK refused");
-                V311 { client, session_present: c.session_present, rx, task }
+                V311 { client, session_present: c.session_present, rx, stash: Default::default(), task }
             }
             other => panic!("no CONNACK: {other:?}"),
         }
     }
 
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&rumqttc::Packet) -> bool) -> rumqttc::Packet {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i).expect("index from position");
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(Ok(p))) if pred(&p) => return p,
+                Ok(Some(Ok(p @ rumqttc::Packet::Publish(_)))) => self.stash.push_back(p),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => panic!("connection ended while waiting for {what}: {e}"),
                 Ok(None) => panic!("event loop ended while waiting for {what}"),
@@ -300,7 +324,14 @@ impl V311 {
 
     pub async fn publishes_within(&mut self, d: Duration) -> Vec<rumqttc::Publish> {
         let deadline = tokio::time::Instant::now() + d;
-        let mut got = Vec::new();
+        let mut got: Vec<rumqttc::Publish> = self
+            .stash
+            .drain(..)
+            .filter_map(|p| match p {
+                rumqttc::Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect();
         while let Ok(Some(r)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             match r {
                 Ok(rumqttc::Packet::Publish(p)) => got.push(p),
