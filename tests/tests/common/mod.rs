@@ -57,6 +57,12 @@ impl Broker {
         self.relaunch();
     }
 
+    /// Starts again after the server was already killed (e.g. `server.kill9()` mid-traffic).
+    pub fn kill_and_restart_after_death(&mut self) {
+        self.server.kill9();
+        self.relaunch();
+    }
+
     fn relaunch(&mut self) {
         let previous = self.server.output();
         let (server, port) = Broker::launch(&self.data, self.config.as_deref());
