@@ -54,16 +54,40 @@ pub fn packet(header: u8, body: &[u8]) -> Vec<u8> {
 
 /// CONNECT, protocol level 5 or 4, clean start, no will, the given keepalive.
 pub fn connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
+    connect_with(level, client_id, keep_alive, true, None)
+}
+
+/// CONNECT with a choice of clean start and (v5) Session Expiry Interval.
+pub fn connect_with(level: u8, client_id: &str, keep_alive: u16, clean: bool, expiry: Option<u32>) -> Vec<u8> {
     let mut b = Vec::new();
     string("MQTT", &mut b);
     b.push(level);
-    b.push(0x02); // clean start
+    b.push(if clean { 0x02 } else { 0x00 });
     b.extend_from_slice(&keep_alive.to_be_bytes());
     if level == 5 {
-        b.push(0); // no properties
+        match expiry {
+            Some(e) => {
+                b.push(5);
+                b.push(0x11);
+                b.extend_from_slice(&e.to_be_bytes());
+            }
+            None => b.push(0),
+        }
     }
     string(client_id, &mut b);
     packet(0x10, &b)
+}
+
+/// PUBREL for `packet_id` (v5 short form: reason Success implied).
+pub fn pubrel(packet_id: u16) -> Vec<u8> {
+    packet(0x62, &packet_id.to_be_bytes())
+}
+
+/// PUBLISH QoS 2 with the DUP flag set.
+pub fn publish_dup_qos2(level: u8, topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = publish(level, topic, 2, packet_id, payload);
+    p[0] |= 0x08;
+    p
 }
 
 /// PUBLISH with a packet id (QoS 1 or 2), no properties for v5.
@@ -100,12 +124,28 @@ impl Raw {
 
     /// Opens a socket, sends CONNECT and checks that CONNACK says success.
     pub fn mqtt(port: u16, level: u8, client_id: &str, keep_alive: u16) -> Raw {
+        Raw::mqtt_with(port, &connect(level, client_id, keep_alive)).0
+    }
+
+    /// Opens a socket, sends `connect`, checks CONNACK success; returns session present.
+    pub fn mqtt_with(port: u16, connect: &[u8]) -> (Raw, bool) {
         let mut r = Raw::connect(port);
-        r.send(&connect(level, client_id, keep_alive));
+        r.send(connect);
         let p = r.read_packet(WAIT).expect("CONNACK");
         assert_eq!(p.kind(), 2, "expected CONNACK, got {p:?}");
         assert_eq!(p.body[1], 0, "CONNACK refused: {p:?}");
-        r
+        let present = p.body[0] & 1 == 1;
+        (r, present)
+    }
+
+    /// Reads packets until one of `kind` arrives; panics if the connection ends first.
+    pub fn expect_kind(&mut self, kind: u8) -> RawPacket {
+        loop {
+            let p = self.read_packet(WAIT).unwrap_or_else(|| panic!("connection ended waiting for packet type {kind}"));
+            if p.kind() == kind {
+                return p;
+            }
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
