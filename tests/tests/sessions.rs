@@ -247,3 +247,26 @@ async fn subscriptions_resume_after_takeover() {
     let got = second.publishes(3).await;
     assert_eq!(got.iter().map(text).collect::<Vec<_>>(), vec!["m0", "m1", "m2"]);
 }
+
+#[tokio::test]
+async fn subscription_options_and_identifiers_survive_a_restart() {
+    use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeProperties};
+    let mut b = Broker::start();
+    let mut s = V5::connect(persistent("opts", b.port, 3600)).await;
+    let mut f = Filter::new("so/t", QoS::AtLeastOnce);
+    f.nolocal = true;
+    let props = SubscribeProperties { id: Some(42), user_properties: vec![] };
+    s.client.subscribe_many_with_properties(vec![f], props).await.unwrap();
+    s.wait_for("SUBACK", |p| matches!(p, rumqttc::v5::mqttbytes::v5::Packet::SubAck(_))).await;
+    s.disconnect().await;
+    b.restart();
+    let mut s = V5::connect(persistent("opts", b.port, 3600)).await;
+    assert!(s.connack.session_present);
+    s.publish_acked("so/t", QoS::AtLeastOnce, false, "own").await;
+    let mut p = V5::connect(opts("p", b.port)).await;
+    p.publish_acked("so/t", QoS::AtLeastOnce, false, "other").await;
+    let got = s.publishes(1).await.remove(0);
+    assert_eq!(text(&got), "other", "no-local kept across the restart");
+    assert_eq!(got.properties.map(|p| p.subscription_identifiers).unwrap_or_default(), vec![42], "identifier kept");
+    assert!(s.publishes_within(Duration::from_millis(500)).await.is_empty());
+}
