@@ -197,3 +197,29 @@ async fn unacked_retained_delivery_is_redelivered_to_a_resumed_session() {
     );
     assert!(again[0].dup, "with DUP");
 }
+
+#[tokio::test]
+#[ignore = "BUG: retained messages sent on SUBSCRIBE ignore the client's Receive Maximum (10 unacked QoS 1 sent with RM 3)"]
+async fn retained_messages_on_subscribe_respect_the_clients_receive_maximum() {
+    let b = Broker::start();
+    for i in 0..10 {
+        retain(&b, &format!("rmx/{i}"), "state").await;
+    }
+    let mut o = opts("rmx", b.port);
+    o.set_manual_acks(true);
+    o.set_receive_maximum(Some(3));
+    let mut s = V5::connect(o).await;
+    s.subscribe("rmx/#", QoS::AtLeastOnce).await;
+    let first = s.publishes_within(Duration::from_secs(1)).await;
+    assert_eq!(first.len(), 3, "at most Receive Maximum (3) unacknowledged QoS 1 publishes, got {}", first.len());
+    for p in &first {
+        s.client.ack(p).await.unwrap();
+    }
+    let mut all = first;
+    while all.len() < 10 {
+        let p = s.publishes(1).await.remove(0);
+        s.client.ack(&p).await.unwrap();
+        all.push(p);
+    }
+    assert!(s.publishes_within(Duration::from_millis(500)).await.is_empty());
+}

@@ -215,3 +215,30 @@ async fn retained_will_is_kept_as_the_retained_message() {
     let r = late.publishes(1).await.remove(0);
     assert!(r.retain && text(&r) == "offline");
 }
+
+#[tokio::test]
+async fn delayed_will_is_not_published_on_session_takeover() {
+    let b = Broker::start();
+    let mut w = watcher(&b, "will/#").await;
+    let mut o = persistent("taken", b.port, 60);
+    o.set_last_will(will("will/taken", "dead", Some(2)));
+    let mut first = V5::connect(o).await;
+    let second = V5::connect(persistent("taken", b.port, 60)).await;
+    let _ = first.closed().await;
+    let got = w.publishes_within(Duration::from_secs(4)).await;
+    assert!(got.is_empty(), "a new connection came before the will delay: {got:?}");
+    drop(second);
+}
+
+#[tokio::test]
+async fn will_without_delay_is_published_on_session_takeover() {
+    let b = Broker::start();
+    let mut w = watcher(&b, "will/#").await;
+    let mut o = persistent("taken0", b.port, 60);
+    o.set_last_will(will("will/taken0", "replaced", None));
+    let mut first = V5::connect(o).await;
+    let _second = V5::connect(persistent("taken0", b.port, 60)).await;
+    let _ = first.closed().await;
+    let got = w.publishes(1).await.remove(0);
+    assert_eq!(text(&got), "replaced", "the old connection closed without DISCONNECT 0x00");
+}
