@@ -180,3 +180,21 @@ async fn v311_connect_with_empty_client_id_and_clean_session_0_is_refused() {
     assert_eq!(p.kind(), 2);
     assert_eq!(p.body[1], 0x02, "identifier rejected");
 }
+
+#[tokio::test]
+async fn a_packet_of_exactly_the_maximum_packet_size_is_accepted() {
+    let mut b = Broker::with_config("[mqtt]\nmax_packet_size = 1024\n");
+    let mut c = Raw::mqtt(b.port, 5, "edge", 60);
+    // Fixed header 3 bytes (type + 2-byte length) + topic 2+6 + packet id 2 + properties 1.
+    let payload = vec![b'x'; 1024 - 3 - 8 - 2 - 1];
+    let pkt = raw::publish(5, "edge/t", 1, 1, &payload);
+    assert_eq!(pkt.len(), 1024);
+    c.send(&pkt);
+    let p = c.read_packet(WAIT).expect("PUBACK for a packet of exactly max_packet_size");
+    assert_eq!(p.kind(), 4, "PUBACK, got {p:?}\n{}", b.log());
+    let one_more = raw::publish(5, "edge/t", 1, 2, &[payload.as_slice(), b"x"].concat());
+    c.send(&one_more);
+    let packets = c.read_until_closed();
+    assert_eq!(disconnect_reason(&packets), Some(0x95), "1025 bytes is too large: {packets:?}");
+    still_serving(&mut b).await;
+}

@@ -270,3 +270,16 @@ async fn subscription_options_and_identifiers_survive_a_restart() {
     assert_eq!(got.properties.map(|p| p.subscription_identifiers).unwrap_or_default(), vec![42], "identifier kept");
     assert!(s.publishes_within(Duration::from_millis(500)).await.is_empty());
 }
+
+#[tokio::test]
+async fn session_expiry_counts_while_the_broker_is_down() {
+    let mut b = Broker::start();
+    let mut s = V5::connect(persistent("down", b.port, 2)).await;
+    s.subscribe("down/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    b.server.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.restart_stopped();
+    let s = V5::connect(persistent("down", b.port, 3600)).await;
+    assert!(!s.connack.session_present, "2 s expiry passed while the broker was down\n{}", b.log());
+}

@@ -57,6 +57,11 @@ impl Broker {
         self.relaunch();
     }
 
+    /// Starts again after `server.stop()`.
+    pub fn restart_stopped(&mut self) {
+        self.relaunch();
+    }
+
     /// Starts again after the server was already killed (e.g. `server.kill9()` mid-traffic).
     pub fn kill_and_restart_after_death(&mut self) {
         self.server.kill9();
