@@ -242,3 +242,16 @@ async fn will_without_delay_is_published_on_session_takeover() {
     let got = w.publishes(1).await.remove(0);
     assert_eq!(text(&got), "replaced", "the old connection closed without DISCONNECT 0x00");
 }
+
+#[tokio::test]
+async fn shared_membership_of_a_persistent_session_survives_a_restart() {
+    let mut b = Broker::start();
+    let mut m = V5::connect(persistent("member", b.port, 3600)).await;
+    m.subscribe("$share/g/keep/t", QoS::AtLeastOnce).await;
+    m.disconnect().await;
+    b.restart();
+    let mut m = V5::connect(persistent("member", b.port, 3600)).await;
+    assert!(m.connack.session_present);
+    publish_numbered(&b, "keep/t", 3).await;
+    assert_eq!(m.publishes(3).await.iter().map(text).collect::<Vec<_>>(), vec!["0", "1", "2"], "{}", b.log());
+}
