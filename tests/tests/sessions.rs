@@ -283,3 +283,25 @@ async fn session_expiry_counts_while_the_broker_is_down() {
     let s = V5::connect(persistent("down", b.port, 3600)).await;
     assert!(!s.connack.session_present, "2 s expiry passed while the broker was down\n{}", b.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_offline_messages_arrive_once_in_order_after_sigkill() {
+    const MANY: usize = 3000;
+    let mut b = Broker::start();
+    park_subscriber(&b, "many", "many/t", QoS::AtLeastOnce).await;
+    let mut p = V5::connect(opts("many-pub", b.port)).await;
+    let client = p.client.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..MANY {
+            client.publish("many/t", QoS::AtLeastOnce, false, format!("m{i}")).await.unwrap();
+        }
+    });
+    for _ in 0..MANY {
+        p.wait_for("PUBACK", |p| matches!(p, rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))).await;
+    }
+    sender.await.unwrap();
+    b.kill_and_restart();
+    // More than the broker's in-flight window (128): delivery continues from the log as
+    // acknowledgements free the window.
+    expect_all_once(&b, "many", MANY).await;
+}
