@@ -163,3 +163,61 @@ async fn v311_empty_client_id_with_clean_session_is_accepted() {
     c.publish_acked("v3e/t", rumqttc::QoS::AtLeastOnce, "self").await;
     assert_eq!(&c.publishes(1).await[0].payload[..], b"self");
 }
+
+/// A raw persistent QoS 2 subscriber to `topic`; returns the socket after SUBACK.
+fn raw_qos2_subscriber(port: u16, id: &str, topic: &str) -> Raw {
+    let (mut c, _) = Raw::mqtt_with(port, &raw::connect_with(5, id, 60, false, Some(3600)));
+    c.send(&raw::subscribe(5, 1, topic, 2));
+    c.expect_kind(9);
+    c
+}
+
+#[tokio::test]
+async fn qos2_delivery_interrupted_after_pubrec_resumes_with_pubrel() {
+    let b = Broker::start();
+    let port = b.port;
+    let mut c = tokio::task::spawn_blocking(move || raw_qos2_subscriber(port, "q2out", "q2out/t")).await.unwrap();
+    let mut p = V5::connect(opts("p", b.port)).await;
+    p.publish_acked("q2out/t", QoS::ExactlyOnce, false, "exactly").await;
+    let (pid, present, first) = tokio::task::spawn_blocking(move || {
+        let publish = c.expect_kind(3);
+        let pid = [publish.body[9], publish.body[10]]; // topic "q2out/t" is 2 + 7 bytes
+        c.send(&raw::packet(0x50, &pid)); // PUBREC
+        let rel = c.expect_kind(6);
+        assert_eq!(rel.body[..2], pid, "PUBREL for the same id");
+        drop(c); // gone before PUBCOMP
+        let (mut c, present) = Raw::mqtt_with(port, &raw::connect_with(5, "q2out", 60, false, Some(3600)));
+        let first = c.read_packet(common::WAIT).expect("a resent packet after reconnect");
+        if first.kind() == 6 {
+            c.send(&raw::packet(0x70, &pid)); // PUBCOMP
+        }
+        (pid, present, first)
+    })
+    .await
+    .unwrap();
+    assert!(present);
+    assert_eq!(first.kind(), 6, "PUBREL resent, not the PUBLISH again: {first:?}\n{}", b.log());
+    assert_eq!(first.body[..2], pid);
+}
+
+#[tokio::test]
+async fn qos2_delivery_interrupted_before_pubrec_is_resent_with_dup_and_the_same_id() {
+    let b = Broker::start();
+    let port = b.port;
+    let mut c = tokio::task::spawn_blocking(move || raw_qos2_subscriber(port, "q2dup", "q2dup/t")).await.unwrap();
+    let mut p = V5::connect(opts("p", b.port)).await;
+    p.publish_acked("q2dup/t", QoS::ExactlyOnce, false, "exactly").await;
+    let (first, again) = tokio::task::spawn_blocking(move || {
+        let first = c.expect_kind(3);
+        drop(c); // gone before PUBREC
+        let (mut c, _) = Raw::mqtt_with(port, &raw::connect_with(5, "q2dup", 60, false, Some(3600)));
+        let again = c.read_packet(common::WAIT).expect("the PUBLISH again");
+        (first, again)
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.kind(), 3, "{again:?}");
+    assert_eq!(again.header & 0x08, 0x08, "DUP set on the resent PUBLISH");
+    assert_eq!(first.body[9..11], again.body[9..11], "same packet id");
+    assert_eq!(first.header & 0x08, 0, "first delivery without DUP");
+}
