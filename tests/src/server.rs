@@ -58,6 +58,29 @@ impl Server {
         Ok((s, port))
     }
 
+    /// Writes `toml` beside the data directory and starts the server with `--config` on it.
+    pub fn start_with_config(data_dir: &Path, toml: &str, extra: &[&str]) -> anyhow::Result<(Server, u16)> {
+        let cfg = data_dir.with_extension("toml");
+        std::fs::write(&cfg, toml)?;
+        let cfg = cfg.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 temp path"))?.to_string();
+        let mut args: Vec<&str> = vec!["--config", &cfg];
+        args.extend_from_slice(extra);
+        Server::start_ready(data_dir, &args)
+    }
+
+    /// Stops the server with SIGTERM and checks that it exits cleanly.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(30)).expect("the server exits within 30 s of SIGTERM");
+        assert!(status.success(), "exit status {status:?} after SIGTERM:\n{}", self.output());
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(30)).expect("the server dies after SIGKILL");
+    }
+
     /// The MQTT port from the latest "axle serving" line, waiting up to `timeout`.
     pub fn wait_mqtt_port(&self, timeout: Duration) -> Option<u16> {
         self.wait_port("mqtt_tcp", timeout)
