@@ -70,6 +70,11 @@ pub struct Hub {
     pub acl: Option<crate::acl::Acl>,
     /// Counters read by the metrics endpoint and logged at shutdown.
     pub counters: Counters,
+    /// Set to `true` at shutdown: every connection ends with DISCONNECT 0x8B and saves its
+    /// session.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Connections being served (from accept to the end of `finish`).
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Monotonic counters of events worth alerting on.
@@ -116,7 +121,23 @@ impl Hub {
             pending_wills: Mutex::new(HashMap::new()),
             acl,
             counters: Counters::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            connections: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Asks every connection to end and waits up to `timeout` for them to save their
+    /// sessions. Returns how many were still open.
+    pub async fn shut_down_connections(&self, timeout: std::time::Duration) -> usize {
+        self.shutdown.send_replace(true);
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let open = self.connections.load(Ordering::Acquire);
+            if open == 0 || tokio::time::Instant::now() >= until {
+                return open;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     pub fn next_subscriber_id(&self) -> SubscriberId {

@@ -109,6 +109,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         accept.abort();
         grpc_task.abort();
+        let open = hub.shut_down_connections(Duration::from_secs(10)).await;
+        if open > 0 {
+            tracing::warn!(open, "connections still open after 10 s; their sessions keep their last saved state");
+        }
         Ok::<_, anyhow::Error>(())
     });
     rt.shutdown_timeout(Duration::from_secs(5));

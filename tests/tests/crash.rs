@@ -94,7 +94,6 @@ async fn qos1_live_subscriber_loses_nothing_across_sigkill() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: SIGTERM does not save connected sessions; acknowledged messages are all delivered again after restart"]
 async fn qos1_live_subscriber_gets_the_rest_once_across_sigterm() {
     let (_before, after, b) = crash_midstream(false).await;
     // A clean stop keeps the session as it was: the first half was acknowledged (and the
@@ -104,7 +103,6 @@ async fn qos1_live_subscriber_gets_the_rest_once_across_sigterm() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: SIGTERM does not save connected sessions; in-flight messages come back without DUP"]
 async fn unacked_messages_of_a_connected_client_come_back_with_dup_after_sigterm() {
     let mut b = Broker::start();
     let mut o = persistent("held", b.port, 3600);
@@ -159,7 +157,6 @@ async fn acknowledged_messages_are_not_redelivered_after_sigterm_while_connected
 }
 
 #[tokio::test]
-#[ignore = "BUG: a new persistent session is stored only by the 500 ms periodic save; SIGKILL before it loses session and messages"]
 async fn a_persistent_session_created_just_before_sigkill_survives_it() {
     // No idle time: the kill comes right after SUBACK and one acknowledged publish.
     let mut b = Broker::start();

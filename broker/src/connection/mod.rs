@@ -50,6 +50,8 @@ pub async fn serve<S>(hub: Arc<Hub>, mut io: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    hub.connections.fetch_add(1, Ordering::AcqRel);
+    let _counted = Counted(hub.clone());
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let max_packet = hub.config.mqtt.max_packet_size;
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut io, &mut rbuf, max_packet)).await {
@@ -84,6 +86,24 @@ where
     conn.start(&mut out);
     let end = if io.write_all(&out).await.is_err() { End::Network } else { conn.run(&mut io, rbuf).await };
     conn.finish(&mut io, end).await;
+}
+
+/// Resolves once the hub's shutdown flag is set (never if the hub is gone).
+async fn shut_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Counts a connection out of `Hub::connections` when dropped.
+struct Counted(Arc<Hub>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Reads the first packet; it must be CONNECT. On failure, maybe a CONNACK to send.
@@ -366,6 +386,11 @@ impl Connection {
                 }
             }
         }
+        // The session exists on disk from its CONNACK on, even if the broker dies at once.
+        if self.session.is_persistent() {
+            self.session.dirty = true;
+            self.save_if_dirty();
+        }
         self.pull_shared(out);
     }
 
@@ -404,6 +429,7 @@ impl Connection {
         let mut save_tick = tokio::time::interval(SAVE_EVERY);
         let kick = self.online.clone();
         let wake = self.handle.clone();
+        let mut shutdown = self.hub.shutdown.subscribe();
         loop {
             // Packets already buffered (e.g. sent right behind CONNECT).
             match self.drain_packets(&mut rbuf, &mut out) {
@@ -426,6 +452,9 @@ impl Connection {
                 biased;
                 _ = kick.notified() => {
                     return End::Server(ReasonCode::SessionTakenOver, "another connection took over this client id".into());
+                }
+                _ = shut_down(&mut shutdown) => {
+                    return End::Server(ReasonCode::ServerShuttingDown, "the broker is shutting down".into());
                 }
                 r = io.read_buf(&mut rbuf) => match r {
                     Ok(0) | Err(_) => return End::Network,
@@ -790,6 +819,9 @@ impl Connection {
             out,
         );
         out.unsplit(retained);
+        // A new persistent subscription is stored before its SUBACK leaves, cursors included,
+        // so a crash right after cannot lose the session or what is published next.
+        self.save_if_dirty();
         self.pull_shared(out);
     }
 
@@ -844,7 +876,8 @@ impl Connection {
                     };
                     let mut out = BytesMut::new();
                     if codec::encode(&Packet::Disconnect(d), self.version, &mut out).is_ok() {
-                        let _ = io.write_all(&out).await;
+                        // A client that stopped reading must not hold up the end.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&out)).await;
                     }
                 }
                 (true, why.clone())
@@ -852,7 +885,7 @@ impl Connection {
             End::Network => (true, "network connection closed".to_string()),
         };
         self.clean_disconnect = matches!(end, End::Disconnect(false));
-        let _ = io.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         // Let in-flight inbound appends finish so their records are not orphaned mid-flight.
         while self.pending.next().await.is_some() {}
         {
