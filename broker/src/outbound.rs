@@ -39,6 +39,9 @@ pub struct Outbound {
     /// Shared-subscription deliveries waiting for window space, and those in flight.
     pub shared_waiting: VecDeque<Delivery>,
     pub shared_inflight: HashMap<u16, Delivery>,
+    /// Retained messages for new subscriptions waiting for window space: (message, QoS,
+    /// subscription id). Bounded by the retained messages matching one SUBSCRIBE.
+    pub retained_waiting: VecDeque<(Arc<Message>, u8, Option<u32>)>,
     pub upgrade_qos: bool,
 }
 
@@ -177,6 +180,22 @@ impl Outbound {
         out: &mut BytesMut,
     ) {
         let qos = sub_qos.min(msg.qos);
+        if qos > 0 && (s.outbound.len() >= self.window || !self.retained_waiting.is_empty()) {
+            // The client's Receive Maximum holds: wait for acknowledgements (in order).
+            self.retained_waiting.push_back((msg.clone(), qos, sub_id));
+            return;
+        }
+        self.send_retained_now(s, msg, qos, sub_id, out);
+    }
+
+    fn send_retained_now(
+        &mut self,
+        s: &mut SessionState,
+        msg: &Arc<Message>,
+        qos: u8,
+        sub_id: Option<u32>,
+        out: &mut BytesMut,
+    ) {
         let packet_id = if qos > 0 { s.alloc_packet_id() } else { None };
         if qos > 0 && packet_id.is_none() {
             return;
@@ -184,7 +203,17 @@ impl Outbound {
         if self.send_publish(msg, qos, true, packet_id, false, sub_id.into_iter().collect(), out) {
             if let Some(id) = packet_id {
                 s.outbound.insert(id, Inflight { pid: None, offset: 0, qos, released: false });
+                s.retained_inflight.insert(id, (msg.topic.clone(), msg.timestamp));
+                s.dirty = true;
             }
+        }
+    }
+
+    /// Sends retained messages that waited for window space.
+    pub fn drain_retained(&mut self, s: &mut SessionState, out: &mut BytesMut) {
+        while s.outbound.len() < self.window {
+            let Some((msg, qos, id)) = self.retained_waiting.pop_front() else { break };
+            self.send_retained_now(s, &msg, qos, id, out);
         }
     }
 

@@ -34,8 +34,9 @@ pub struct Subscription {
 /// A QoS 1/2 message sent to the client and not yet completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inflight {
-    /// Partition id, or `None` for messages not read from a partition cursor (retained
-    /// messages, shared-subscription deliveries): those are not persisted.
+    /// Partition id, or `None` for messages not read from a partition cursor: retained
+    /// messages (persisted through `retained_inflight`) and shared-subscription deliveries
+    /// (not persisted: they go back to the group when the member leaves).
     pub pid: Option<usize>,
     pub offset: u64,
     pub qos: u8,
@@ -52,6 +53,20 @@ pub struct SessionRecord {
     pub disconnected_at: i64,
     /// Inbound QoS 2 packet ids whose PUBREL has not arrived.
     pub awaiting_rel: Vec<u16>,
+    /// Retained messages sent on SUBSCRIBE and not yet acknowledged.
+    #[serde(default)]
+    pub retained_inflight: Vec<RetainedInflight>,
+}
+
+/// An unacknowledged retained delivery: the retained message is found again by topic and
+/// publish time (ms) when the session resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedInflight {
+    pub packet_id: u16,
+    pub topic: String,
+    pub timestamp: i64,
+    pub qos: u8,
+    pub released: bool,
 }
 
 /// Delivery position in one partition.
@@ -71,6 +86,8 @@ pub struct SessionState {
     /// By packet id.
     pub outbound: BTreeMap<u16, Inflight>,
     pub awaiting_rel: HashSet<u16>,
+    /// Packet id → (topic, publish time) of retained deliveries in flight.
+    pub retained_inflight: HashMap<u16, (String, i64)>,
     pub expiry_interval: u32,
     next_packet_id: u16,
     /// Cursors or in-flight entries changed since the last save.
@@ -136,6 +153,10 @@ impl SessionState {
         }
         let mut s = SessionState::new(client, rec.expiry_interval);
         s.awaiting_rel = rec.awaiting_rel.into_iter().collect();
+        for r in rec.retained_inflight {
+            s.outbound.insert(r.packet_id, Inflight { pid: None, offset: 0, qos: r.qos, released: r.released });
+            s.retained_inflight.insert(r.packet_id, (r.topic, r.timestamp));
+        }
         for (_, v) in meta.scan_prefix("subscriptions", &prefix(client))? {
             let sub: Subscription = serde_json::from_slice(&v)
                 .map_err(|e| SessionError::Corrupt { client: client.into(), what: e.to_string() })?;
@@ -194,6 +215,20 @@ impl SessionState {
             expiry_interval: self.expiry_interval,
             disconnected_at,
             awaiting_rel: self.awaiting_rel.iter().copied().collect(),
+            retained_inflight: self
+                .retained_inflight
+                .iter()
+                .filter_map(|(id, (topic, timestamp))| {
+                    let i = self.outbound.get(id)?;
+                    Some(RetainedInflight {
+                        packet_id: *id,
+                        topic: topic.clone(),
+                        timestamp: *timestamp,
+                        qos: i.qos,
+                        released: i.released,
+                    })
+                })
+                .collect(),
         };
         let rec = serde_json::to_vec(&rec)
             .map_err(|e| SessionError::Corrupt { client: self.client_id.clone(), what: e.to_string() })?;

@@ -174,7 +174,6 @@ async fn v311_retained_set_and_clear() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: an unacknowledged QoS 1 retained delivery is dropped at disconnect, not resent on session resume"]
 async fn unacked_retained_delivery_is_redelivered_to_a_resumed_session() {
     let b = Broker::start();
     retain(&b, "rr/t", "state").await;
@@ -199,7 +198,6 @@ async fn unacked_retained_delivery_is_redelivered_to_a_resumed_session() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: retained messages sent on SUBSCRIBE ignore the client's Receive Maximum (10 unacked QoS 1 sent with RM 3)"]
 async fn retained_messages_on_subscribe_respect_the_clients_receive_maximum() {
     let b = Broker::start();
     for i in 0..10 {

@@ -274,6 +274,7 @@ impl Connection {
             aliases: Default::default(),
             shared_waiting: VecDeque::new(),
             shared_inflight: Default::default(),
+            retained_waiting: VecDeque::new(),
             upgrade_qos: cfg.upgrade_qos,
         };
         handle.shared_credit.store(outbound.window as i64, Ordering::Release);
@@ -367,7 +368,7 @@ impl Connection {
                 continue;
             }
             let Some(pid) = i.pid else {
-                self.session.outbound.remove(&id);
+                self.redeliver_retained(id, i.qos, out);
                 continue;
             };
             let part = &self.hub.engine.partitions()[pid].log;
@@ -392,6 +393,26 @@ impl Connection {
             self.save_if_dirty();
         }
         self.pull_shared(out);
+    }
+
+    /// Resends an unacknowledged retained delivery with DUP, if the same retained message
+    /// (topic and publish time) is still there; otherwise forgets it.
+    fn redeliver_retained(&mut self, id: u16, qos: u8, out: &mut BytesMut) {
+        let found = self
+            .session
+            .retained_inflight
+            .get(&id)
+            .and_then(|(topic, ts)| self.hub.retained.read().get(topic).filter(|m| m.timestamp == *ts).cloned());
+        match found {
+            Some(m) => {
+                self.outbound.send_publish(&m, qos, true, Some(id), true, Vec::new(), out);
+            }
+            None => {
+                self.session.outbound.remove(&id);
+                self.session.retained_inflight.remove(&id);
+                self.session.dirty = true;
+            }
+        }
     }
 
     fn add_subscription(&mut self, sub: Subscription, out: &mut BytesMut) -> bool {
@@ -545,10 +566,12 @@ impl Connection {
                 if let Some(i) = self.session.outbound.get(&a.packet_id) {
                     if i.qos == 1 {
                         self.session.outbound.remove(&a.packet_id);
+                        self.session.retained_inflight.remove(&a.packet_id);
                         self.shared_finished(a.packet_id);
                         self.session.dirty = true;
                     }
                 }
+                self.outbound.drain_retained(&mut self.session, out);
                 self.drain_shared(out);
                 self.pull_shared(out);
                 Ok(())
@@ -558,8 +581,10 @@ impl Connection {
                     Some(i) if a.reason.is_error() => {
                         let _ = i;
                         self.session.outbound.remove(&a.packet_id);
+                        self.session.retained_inflight.remove(&a.packet_id);
                         self.shared_finished(a.packet_id);
                         self.session.dirty = true;
+                        self.outbound.drain_retained(&mut self.session, out);
                         self.drain_shared(out);
                         self.pull_shared(out);
                         return Ok(());
@@ -583,9 +608,11 @@ impl Connection {
             }
             Packet::PubComp(a) => {
                 if self.session.outbound.remove(&a.packet_id).is_some() {
+                    self.session.retained_inflight.remove(&a.packet_id);
                     self.shared_finished(a.packet_id);
                     self.session.dirty = true;
                 }
+                self.outbound.drain_retained(&mut self.session, out);
                 self.drain_shared(out);
                 self.pull_shared(out);
                 Ok(())
@@ -919,7 +946,9 @@ impl Connection {
         self.hub.redispatch_shared(shared, &groups);
         let engine = self.hub.engine.clone();
         if self.session.is_persistent() {
-            self.session.outbound.retain(|_, i| i.pid.is_some());
+            let retained = std::mem::take(&mut self.session.retained_inflight);
+            self.session.outbound.retain(|id, i| i.pid.is_some() || retained.contains_key(id));
+            self.session.retained_inflight = retained;
             if let Err(e) = self.session.save(engine.meta(), &engine, axle_engine::log::now_ms()) {
                 tracing::error!(client_id = %self.client_id, error = %e, "could not save the session at disconnect");
             }
