@@ -6,8 +6,8 @@
 //! which has grpcio) or `python3`; without grpcio the test fails, it never skips.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use axle_tests::server::Server;
 
@@ -59,24 +59,41 @@ fn two_python_members_share_a_stream_across_rebalances_without_losing_records() 
             .unwrap();
     let grpc = server.wait_grpc_port(Duration::from_secs(10)).expect("grpc port in the log");
 
-    let out = Command::new(&python)
+    // Output goes to files (no pipe to drain while waiting); the script has its own hang guard
+    // (--timeout), this one only catches a wedged interpreter.
+    let (out_path, err_path) = (dir.path().join("py.stdout"), dir.path().join("py.stderr"));
+    let mut child = Command::new(&python)
         .arg(script())
         .arg(format!("127.0.0.1:{grpc}"))
-        .args(["--records", &RECORDS.to_string()])
-        .output()
+        .args(["--records", &RECORDS.to_string(), "--timeout", "240"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .expect("run the Python consumer-group scenario");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(3), "{python} lacks the gRPC client:\n{stderr}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the Python scenario hung; stderr:\n{}", std::fs::read_to_string(&err_path).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert_ne!(status.code(), Some(3), "{python} lacks the gRPC client:\n{stderr}");
     let summary: serde_json::Value = stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON summary ({}):\n{stdout}\n{stderr}", out.status));
+        .unwrap_or_else(|| panic!("no JSON summary ({status}):\n{stdout}\n{stderr}"));
     assert!(
-        out.status.success() && summary["ok"] == true,
-        "scenario failed ({}): {:#}\nstderr:\n{stderr}\nserver log:\n{}",
-        out.status,
+        status.success() && summary["ok"] == true,
+        "scenario failed ({status}): {:#}\nstderr:\n{stderr}\nserver log:\n{}",
         summary["errors"],
         server.output()
     );
