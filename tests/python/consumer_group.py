@@ -420,7 +420,7 @@ def check(rec, n, partitions, hw, final_committed, gen_b):
     if len(rec.published) != n:
         err(f"published {len(rec.published)} ids, expected {n}")
     by_partition = {p: [] for p in partitions}
-    for rid, (p, o) in rec.published.items():
+    for p, o in rec.published.values():
         by_partition[p].append(o)
     for p, offs in by_partition.items():
         if sorted(offs) != list(range(len(offs))):
