@@ -321,7 +321,15 @@ pub async fn serve(hub: Arc<Hub>, addr: SocketAddr) -> std::io::Result<(SocketAd
                 }
             }
         });
-        let result = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        // Windows large enough for bulk Publish streams; Fetch throughput is bounded by the
+        // client's windows, which bulk consumers should set as large.
+        let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(8 << 20)
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await;
         expiry.abort();
         if let Err(e) = result {
             tracing::error!(error = %e, "gRPC server stopped");
