@@ -1,0 +1,230 @@
+//! `offline-commands`: S persistent sessions (`car-{i}`, clean session off) subscribe to
+//! `v/{i}/cmd` at QoS 1 and disconnect; C commands each are published at QoS 1 while they are
+//! offline (broker RSS sampled throughout); then all reconnect and the time until every command
+//! arrived is measured. Commands carry `session:round`, so lost and duplicated ones are counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{Event, Incoming, Outgoing, QoS};
+use tokio::task::JoinSet;
+
+use super::client::{client, disconnect, parse_payload, payload, wait_connack, wait_suback};
+use super::sampler::RssSampler;
+
+#[derive(Clone, Debug)]
+pub struct OfflineParams {
+    pub port: u16,
+    pub pid: u32,
+    pub sessions: usize,
+    pub commands: usize,
+    /// Connections open at the same time while creating and reconnecting sessions.
+    pub concurrency: usize,
+    /// Connections publishing the commands.
+    pub publishers: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OfflineResult {
+    pub expected: u64,
+    pub rss_idle_mib: f64,
+    pub rss_sessions_mib: f64,
+    pub rss_offline_mib: f64,
+    /// Largest RSS seen while the sessions were offline (publishing included).
+    pub rss_offline_max_mib: f64,
+    pub setup_secs: f64,
+    pub publish_secs: f64,
+    /// From the first reconnect to the last command received.
+    pub deliver_secs: f64,
+    pub delivered: u64,
+    pub duplicated: u64,
+    pub sessions_short: u64,
+    pub sessions_not_present: u64,
+    pub offline_series: String,
+}
+
+pub async fn run(p: OfflineParams) -> anyhow::Result<OfflineResult> {
+    let rss_idle = super::brokers::read_rss(p.pid).rss_mib;
+    let t = Instant::now();
+    create_sessions(&p).await?;
+    let setup_secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_sessions = super::brokers::read_rss(p.pid).rss_mib;
+
+    let sampler = RssSampler::start(p.pid, Duration::from_millis(500));
+    let t = Instant::now();
+    publish_commands(&p).await?;
+    let publish_secs = t.elapsed().as_secs_f64();
+    // Offline for a few more seconds, still sampling.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let samples = sampler.stop().await;
+    let rss_offline = super::brokers::read_rss(p.pid).rss_mib;
+    let rss_offline_max = samples.iter().map(|s| s.1).fold(rss_sessions, f64::max);
+
+    let (delivered, duplicated, short, not_present, deliver_secs) = reconnect_all(&p).await?;
+    Ok(OfflineResult {
+        expected: (p.sessions * p.commands) as u64,
+        rss_idle_mib: rss_idle,
+        rss_sessions_mib: rss_sessions,
+        rss_offline_mib: rss_offline,
+        rss_offline_max_mib: rss_offline_max,
+        setup_secs,
+        publish_secs,
+        deliver_secs,
+        delivered,
+        duplicated,
+        sessions_short: short,
+        sessions_not_present: not_present,
+        offline_series: super::sampler::series(&samples, 12),
+    })
+}
+
+/// Runs `job(i)` for `0..n` with at most `limit` at a time; fails with the first error.
+async fn bounded<F, Fut, T>(n: usize, limit: usize, job: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut set = JoinSet::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if set.len() >= limit.max(1) {
+            if let Some(r) = set.join_next().await {
+                out.push(r.context("task panicked")??);
+            }
+        }
+        set.spawn(job(i));
+    }
+    while let Some(r) = set.join_next().await {
+        out.push(r.context("task panicked")??);
+    }
+    Ok(out)
+}
+
+async fn create_sessions(p: &OfflineParams) -> anyhow::Result<()> {
+    let port = p.port;
+    bounded(p.sessions, p.concurrency, move |i| async move {
+        let mut last = None;
+        for _attempt in 0..3 {
+            match create_one(i, port).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")).context(format!("creating session car-{i}")))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn create_one(i: usize, port: u16) -> anyhow::Result<()> {
+    let (cl, mut el) = client(format!("car-{i}"), i, port, false, 10, 10);
+    cl.subscribe(format!("v/{i}/cmd"), QoS::AtLeastOnce).await?;
+    wait_connack(&mut el, 60).await?;
+    wait_suback(&mut el, 60).await?;
+    disconnect(&cl, &mut el).await;
+    Ok(())
+}
+
+async fn publish_commands(p: &OfflineParams) -> anyhow::Result<()> {
+    let mut set = JoinSet::new();
+    for k in 0..p.publishers.max(1) {
+        let p = p.clone();
+        set.spawn(async move {
+            let (cl, mut el) = client(format!("tsp-{k}-{}", rand::random::<u32>()), k, p.port, true, 100, 1000);
+            wait_connack(&mut el, 60).await?;
+            let mine: Vec<usize> = (k..p.sessions).step_by(p.publishers.max(1)).collect();
+            let expected = mine.len() * p.commands;
+            let commands = p.commands;
+            let sender = {
+                let cl = cl.clone();
+                tokio::spawn(async move {
+                    for round in 0..commands {
+                        for &i in &mine {
+                            cl.publish(format!("v/{i}/cmd"), QoS::AtLeastOnce, false, payload(i, round, 32)).await?;
+                        }
+                    }
+                    Ok::<_, rumqttc::ClientError>(())
+                })
+            };
+            let mut acked = 0;
+            while acked < expected {
+                match tokio::time::timeout(Duration::from_secs(60), el.poll()).await {
+                    Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => bail!("command publisher {k}: {e} after {acked}/{expected} acks"),
+                    Err(_) => bail!("command publisher {k}: stalled at {acked}/{expected} acks"),
+                }
+            }
+            sender.await.context("sender task")??;
+            disconnect(&cl, &mut el).await;
+            Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.context("publisher task panicked")??;
+    }
+    Ok(())
+}
+
+struct SessionOutcome {
+    unique: u64,
+    duplicated: u64,
+    session_present: bool,
+}
+
+/// Reconnects every session and waits (up to 30 s of silence each) for its commands.
+async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<(u64, u64, u64, u64, f64)> {
+    let base = Instant::now();
+    let last_ns = Arc::new(AtomicU64::new(0));
+    let (port, commands) = (p.port, p.commands);
+    let outcomes = {
+        let last_ns = last_ns.clone();
+        bounded(p.sessions, p.concurrency, move |i| {
+            let last_ns = last_ns.clone();
+            async move {
+                let (cl, mut el) = client(format!("car-{i}"), i, port, false, 100, 10);
+                let session_present = wait_connack(&mut el, 60).await.with_context(|| format!("reconnecting car-{i}"))?;
+                let mut seen = vec![0u32; commands];
+                let mut unique = 0;
+                let mut duplicated = 0;
+                while unique < commands {
+                    match tokio::time::timeout(Duration::from_secs(30), el.poll()).await {
+                        Ok(Ok(Event::Incoming(Incoming::Publish(m)))) => {
+                            last_ns.fetch_max(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                            match parse_payload(&m.payload) {
+                                Some((s, round)) if s == i && round < commands => {
+                                    seen[round] += 1;
+                                    if seen[round] == 1 {
+                                        unique += 1;
+                                    } else {
+                                        duplicated += 1;
+                                    }
+                                }
+                                _ => duplicated += 1,
+                            }
+                        }
+                        Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
+                disconnect(&cl, &mut el).await;
+                Ok(SessionOutcome { unique: unique as u64, duplicated, session_present })
+            }
+        })
+        .await?
+    };
+    let deliver_secs = last_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let delivered = outcomes.iter().map(|o| o.unique).sum();
+    let duplicated = outcomes.iter().map(|o| o.duplicated).sum();
+    let short = outcomes.iter().filter(|o| o.unique < commands as u64).count() as u64;
+    let not_present = outcomes.iter().filter(|o| !o.session_present).count() as u64;
+    Ok((delivered, duplicated, short, not_present, deliver_secs))
+}
