@@ -27,7 +27,7 @@ use axle_benches::median;
 use axle_benches::mqtt::brokers::{cpu_secs, machine_load, raise_nofile, Broker, BrokerSpec};
 use axle_benches::mqtt::fan_in::{self, FanInParams, FanInResult};
 use axle_benches::mqtt::offline::{self, OfflineParams, OfflineResult};
-use axle_benches::mqtt::slow::{self, SlowParams, SlowResult};
+use axle_benches::mqtt::slow::{self, SlowParams};
 use clap::Parser;
 use rumqttc::QoS;
 
@@ -90,9 +90,9 @@ struct Args {
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
-    });
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"));
     home.join("bin").join(name)
 }
 
@@ -232,7 +232,12 @@ fn slow_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec, b
         });
         match out {
             Ok((r, _)) => {
-                eprintln!("  slow-subscriber {name}: RSS {:.0} -> max {:.0} MiB ({})", r.rss_start_mib, r.rss_max_mib, machine_load());
+                eprintln!(
+                    "  slow-subscriber {name}: RSS {:.0} -> max {:.0} MiB ({})",
+                    r.rss_start_mib,
+                    r.rss_max_mib,
+                    machine_load()
+                );
                 growth.insert(name.clone(), r.rss_max_mib - r.rss_start_mib);
                 rows.push((name.clone(), Ok(r)));
             }
@@ -337,7 +342,10 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
                 );
                 time.insert(name.clone(), r.deliver_secs);
                 rss.insert(name.clone(), r.rss_offline_mib);
-                series.push(format!("- {name} RSS MiB while offline, from the first command (t:MiB): {}", r.offline_series));
+                series.push(format!(
+                    "- {name} RSS MiB while offline, from the first command (t:MiB): {}",
+                    r.offline_series
+                ));
             }
             Err(e) => println!("| {name} | failed: {} |||||||||||", format!("{e:#}").replace('\n', " ")),
         }
@@ -378,7 +386,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("unknown workload {bad:?}: use {} or all", all.join(", "));
     }
     if args.session_concurrency as u64 + 200 > limit {
-        anyhow::bail!("--session-concurrency {} needs more open files than the limit {limit}", args.session_concurrency);
+        anyhow::bail!(
+            "--session-concurrency {} needs more open files than the limit {limit}",
+            args.session_concurrency
+        );
     }
     println!(
         "# mqtt-load\n\nbrokers {}; Axle fsync = {} (every message appended to its log on disk); mosquitto (persistence false) and rumqttd keep nothing on disk. Open-file limit {limit}; {} at start.",

@@ -85,12 +85,7 @@ impl Broker {
     }
 
     fn died(&self, status: ExitStatus) -> String {
-        format!(
-            "{} exited ({status}); last output ({}):\n{}",
-            self.name,
-            self.log_path.display(),
-            self.output_tail(15)
-        )
+        format!("{} exited ({status}); last output ({}):\n{}", self.name, self.log_path.display(), self.output_tail(15))
     }
 
     /// Starts `name` (axle, mosquitto or rumqttd) and waits until it accepts connections.
@@ -109,7 +104,8 @@ impl Broker {
         let err = out.try_clone().context("duplicating the log file handle")?;
         let mut cmd = match name {
             "axle" => {
-                let mut c = Command::new(require_bin(&spec.axle_bin, "build it: cargo build --release -p axle-broker")?);
+                let mut c =
+                    Command::new(require_bin(&spec.axle_bin, "build it: cargo build --release -p axle-broker")?);
                 c.args(["serve", "--fsync", &spec.axle_fsync, "--mqtt-tcp", &format!("0.0.0.0:{port}"), "--data-dir"])
                     .arg(dir.path().join("data"))
                     .env("RUST_LOG", "warn");
@@ -117,8 +113,7 @@ impl Broker {
             }
             "mosquitto" => {
                 let conf = dir.path().join("mosquitto.conf");
-                std::fs::write(&conf, mosquitto_config(port))
-                    .with_context(|| format!("writing {}", conf.display()))?;
+                std::fs::write(&conf, mosquitto_config(port)).with_context(|| format!("writing {}", conf.display()))?;
                 let mut c = Command::new(require_bin(&spec.mosquitto_bin, "install it: apt-get install mosquitto")?);
                 c.arg("-c").arg(&conf);
                 c

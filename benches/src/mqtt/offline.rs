@@ -190,7 +190,8 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<(u64, u64, u64, u64,
             let last_ns = last_ns.clone();
             async move {
                 let (cl, mut el) = client(format!("car-{i}"), i, port, false, 100, 10);
-                let session_present = wait_connack(&mut el, 60).await.with_context(|| format!("reconnecting car-{i}"))?;
+                let session_present =
+                    wait_connack(&mut el, 60).await.with_context(|| format!("reconnecting car-{i}"))?;
                 let mut seen = vec![0u32; commands];
                 let mut unique = 0;
                 let mut duplicated = 0;

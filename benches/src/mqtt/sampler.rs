@@ -49,5 +49,5 @@ pub fn series(samples: &[(f64, f64)], points: usize) -> String {
             picked.push(last);
         }
     }
-    picked.iter().map(|(t, r)| format!("{t:.0}s:{r:.0}")).collect::<Vec<_>>().join(" ")
+    picked.iter().map(|(t, r)| format!("{t:.1}s:{r:.0}")).collect::<Vec<_>>().join(" ")
 }
