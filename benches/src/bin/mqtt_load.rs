@@ -49,6 +49,9 @@ struct Args {
     messages: usize,
     #[arg(long, default_value_t = 200)]
     payload: usize,
+    /// fan-in: limit the aggregate publish rate (msgs/s); default as fast as acknowledged.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Publisher connections opened at the same time while connecting.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
@@ -141,6 +144,7 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
                 qos,
                 consumers: 2,
                 connect_concurrency: args.connect_concurrency,
+                rate: args.rate,
             };
             let out = with_broker(name, spec, &format!("{w}-{run}"), |b| {
                 rt.block_on(fan_in::run(FanInParams { port: b.port, ..params }))
@@ -169,15 +173,16 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
     }
     println!("\n## {w}\n");
     println!(
-        "{} publishers x {} msgs of {} B at QoS {}, 2 consumers on $share/bench/v/+/telemetry; medians of {} runs.\n",
+        "{} publishers x {} msgs of {} B at QoS {}{}, 2 consumers on $share/bench/v/+/telemetry; medians of {} runs.\n",
         args.publishers,
         args.messages,
         args.payload,
         qos as u8,
+        args.rate.map_or(String::new(), |r| format!(", publishing limited to {r:.0} msg/s in all")),
         args.runs.max(1)
     );
-    println!("| broker | received msg/s (end to end) | per run | published msg/s | acked msg/s | PUBACK p50 ms | PUBACK p99 ms | lost | duplicated | broker CPU s |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| broker | received msg/s (end to end) | per run | published msg/s | acked msg/s | PUBACK p50 ms | PUBACK p99 ms | lost | duplicated | broker CPU s | CPU µs/msg |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut recv = BTreeMap::new();
     let mut p50 = BTreeMap::new();
     let mut p99 = BTreeMap::new();
@@ -194,13 +199,14 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
         let cpu = median(&rs.iter().map(|(_, c)| *c).collect::<Vec<_>>());
         let failed = if errors.contains_key(name) { " (a run failed)" } else { "" };
         println!(
-            "| {name}{failed} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {lost} | {dup} | {cpu:.1} |",
+            "| {name}{failed} | {:.0} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {lost} | {dup} | {cpu:.1} | {:.1} |",
             m(|r| r.received_per_s),
             per_run.join(", "),
             m(|r| r.published_per_s),
             m(|r| r.acked_per_s),
             m(|r| r.p50_ms),
             m(|r| r.p99_ms),
+            cpu * 1e6 / (args.publishers * args.messages).max(1) as f64,
         );
         recv.insert(name.clone(), m(|r| r.received_per_s));
         p50.insert(name.clone(), m(|r| r.p50_ms));

@@ -23,6 +23,9 @@ pub struct FanInParams {
     pub consumers: usize,
     /// Connections opened at the same time while connecting the publishers.
     pub connect_concurrency: usize,
+    /// Aggregate publish rate (msgs/s) spread evenly over the publishers; `None` = as fast as
+    /// the in-flight window allows.
+    pub rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -216,10 +219,15 @@ pub(crate) async fn publish_all(
 ) -> anyhow::Result<PubStats> {
     let topic = format!("v/{i}/telemetry");
     let (messages, size, qos) = (p.messages, p.payload, p.qos);
+    let per_publisher = p.rate.map(|r| r / p.publishers.max(1) as f64);
     let sender = {
         let cl = cl.clone();
         tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
             for seq in 0..messages {
+                if let Some(r) = per_publisher {
+                    tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / r)).await;
+                }
                 cl.publish(topic.clone(), qos, false, payload(i, seq, size)).await?;
             }
             Ok::<_, rumqttc::ClientError>(())

@@ -94,6 +94,7 @@ pub async fn run(p: SlowParams) -> anyhow::Result<SlowResult> {
         qos: QoS::AtLeastOnce,
         consumers: 0,
         connect_concurrency: 100,
+        rate: None,
     };
     let started = Instant::now();
     let mut set = JoinSet::new();
