@@ -18,6 +18,7 @@
 //! --workload all`. mosquitto comes from Debian (`mosquitto`), rumqttd from `cargo install
 //! rumqttd`; a broker that cannot be started is reported with its output and skipped. The peers
 //! keep nothing on disk; Axle appends every message to its log (`--axle-fsync`, default 5ms).
+//! `MQTT_LOAD_AXLE_LOG` sets Axle's `RUST_LOG` (default `warn`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,7 +53,8 @@ struct Args {
     /// fan-in: limit the aggregate publish rate (msgs/s); default as fast as acknowledged.
     #[arg(long)]
     rate: Option<f64>,
-    /// Publisher connections opened at the same time while connecting.
+    /// Connection handshakes in progress at the same time (publishers and sessions); keep it
+    /// below the brokers' listen backlog (1024 for axle and rumqttd).
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
     /// Persistent sessions in offline-commands.
@@ -300,6 +302,7 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
                     sessions: args.sessions,
                     commands: args.commands,
                     concurrency: args.session_concurrency,
+                    connect_concurrency: args.connect_concurrency,
                     publishers: 10,
                 }))
             })
@@ -323,8 +326,8 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
         "{} persistent sessions (clean session off) subscribe to v/{{i}}/cmd at QoS 1 and disconnect ({} at a time); {} commands each at QoS 1 from 10 publishers; then all reconnect.\n",
         args.sessions, args.session_concurrency, args.commands
     );
-    println!("| broker | RSS idle MiB | RSS sessions offline MiB | RSS offline + commands MiB | RSS max offline MiB | setup s | publish s | delivered | duplicated | sessions short | session not present | time to deliver all s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| broker | RSS idle MiB | RSS sessions offline MiB | RSS offline + commands MiB | RSS max offline MiB | setup s | publish s | delivered | duplicated | sessions short | session not present | reconnect errors | time to deliver all s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut time = BTreeMap::new();
     let mut rss = BTreeMap::new();
     let mut series = Vec::new();
@@ -332,7 +335,7 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
         match r {
             Ok(r) => {
                 println!(
-                    "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {}/{} | {} | {} | {} | {:.1} |",
+                    "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {}/{} | {} | {} | {} | {} | {:.1} |",
                     r.rss_idle_mib,
                     r.rss_sessions_mib,
                     r.rss_offline_mib,
@@ -344,8 +347,12 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
                     r.duplicated,
                     r.sessions_short,
                     r.sessions_not_present,
+                    r.connect_errors,
                     r.deliver_secs
                 );
+                if r.connect_errors > 0 {
+                    series.push(format!("- {name}: first reconnect error: {}", r.first_connect_error));
+                }
                 time.insert(name.clone(), r.deliver_secs);
                 rss.insert(name.clone(), r.rss_offline_mib);
                 series.push(format!(

@@ -108,7 +108,7 @@ impl Broker {
                     Command::new(require_bin(&spec.axle_bin, "build it: cargo build --release -p axle-broker")?);
                 c.args(["serve", "--fsync", &spec.axle_fsync, "--mqtt-tcp", &format!("0.0.0.0:{port}"), "--data-dir"])
                     .arg(dir.path().join("data"))
-                    .env("RUST_LOG", "warn");
+                    .env("RUST_LOG", std::env::var("MQTT_LOAD_AXLE_LOG").unwrap_or_else(|_| "warn".into()));
                 c
             }
             "mosquitto" => {

@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::bail;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing};
 
-/// Connections are spread over destination addresses 127.0.0.1..=127.0.0.250 (every broker
+/// Connections are spread over destination addresses 127.0.0.1..=127.0.0.250, 2,000 per address (every broker
 /// listens on 0.0.0.0) so that 100k short-lived connections do not exhaust the ~28k ephemeral
 /// ports of one address pair.
 pub fn host_for(i: usize) -> String {
-    format!("127.0.0.{}", 1 + (i / 10_000) % 250)
+    format!("127.0.0.{}", 1 + (i / 2_000) % 250)
 }
 
 /// A client (MQTT 3.1.1) with `inflight` QoS 1 messages in flight and a 30 s connect timeout.

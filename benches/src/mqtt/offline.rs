@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rumqttc::{Event, Incoming, Outgoing, QoS};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::client::{client, disconnect, parse_payload, payload, wait_connack, wait_suback};
@@ -22,6 +23,9 @@ pub struct OfflineParams {
     pub commands: usize,
     /// Connections open at the same time while creating and reconnecting sessions.
     pub concurrency: usize,
+    /// Connection handshakes in progress at the same time (below the brokers' listen backlog
+    /// of ~1024: beyond it the kernel falls back to SYN cookies and resets some connections).
+    pub connect_concurrency: usize,
     /// Connections publishing the commands.
     pub publishers: usize,
 }
@@ -42,6 +46,9 @@ pub struct OfflineResult {
     pub duplicated: u64,
     pub sessions_short: u64,
     pub sessions_not_present: u64,
+    /// Failed reconnect attempts (each retried up to 5 times) and the first one's error.
+    pub connect_errors: u64,
+    pub first_connect_error: String,
     pub offline_series: String,
 }
 
@@ -63,7 +70,7 @@ pub async fn run(p: OfflineParams) -> anyhow::Result<OfflineResult> {
     let rss_offline = super::brokers::read_rss(p.pid).rss_mib;
     let rss_offline_max = samples.iter().map(|s| s.1).fold(rss_sessions, f64::max);
 
-    let (delivered, duplicated, short, not_present, deliver_secs) = reconnect_all(&p).await?;
+    let r = reconnect_all(&p).await?;
     Ok(OfflineResult {
         expected: (p.sessions * p.commands) as u64,
         rss_idle_mib: rss_idle,
@@ -72,11 +79,13 @@ pub async fn run(p: OfflineParams) -> anyhow::Result<OfflineResult> {
         rss_offline_max_mib: rss_offline_max,
         setup_secs,
         publish_secs,
-        deliver_secs,
-        delivered,
-        duplicated,
-        sessions_short: short,
-        sessions_not_present: not_present,
+        deliver_secs: r.deliver_secs,
+        delivered: r.delivered,
+        duplicated: r.duplicated,
+        sessions_short: r.short,
+        sessions_not_present: r.not_present,
+        connect_errors: r.connect_errors,
+        first_connect_error: r.first_error,
         offline_series: super::sampler::series(&samples, 12),
     })
 }
@@ -106,27 +115,34 @@ where
 
 async fn create_sessions(p: &OfflineParams) -> anyhow::Result<()> {
     let port = p.port;
-    bounded(p.sessions, p.concurrency, move |i| async move {
-        let mut last = None;
-        for _attempt in 0..3 {
-            match create_one(i, port).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gate = Arc::new(Semaphore::new(p.connect_concurrency.max(1)));
+    bounded(p.sessions, p.concurrency, move |i| {
+        let gate = gate.clone();
+        async move {
+            let mut last = None;
+            for _attempt in 0..3 {
+                match create_one(i, port, &gate).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        last = Some(e);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")).context(format!("creating session car-{i}")))
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")).context(format!("creating session car-{i}")))
     })
     .await?;
     Ok(())
 }
 
-async fn create_one(i: usize, port: u16) -> anyhow::Result<()> {
+async fn create_one(i: usize, port: u16, gate: &Semaphore) -> anyhow::Result<()> {
     let (cl, mut el) = client(format!("car-{i}"), i, port, false, 10, 10);
     cl.subscribe(format!("v/{i}/cmd"), QoS::AtLeastOnce).await?;
-    wait_connack(&mut el, 60).await?;
+    {
+        let _handshake = gate.acquire().await?;
+        wait_connack(&mut el, 60).await?;
+    }
     wait_suback(&mut el, 60).await?;
     disconnect(&cl, &mut el).await;
     Ok(())
@@ -177,21 +193,61 @@ struct SessionOutcome {
     unique: u64,
     duplicated: u64,
     session_present: bool,
+    connect_errors: u64,
+    first_error: Option<String>,
+}
+
+struct Reconnected {
+    delivered: u64,
+    duplicated: u64,
+    short: u64,
+    not_present: u64,
+    deliver_secs: f64,
+    connect_errors: u64,
+    first_error: String,
 }
 
 /// Reconnects every session and waits (up to 30 s of silence each) for its commands.
-async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<(u64, u64, u64, u64, f64)> {
+async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<Reconnected> {
     let base = Instant::now();
     let last_ns = Arc::new(AtomicU64::new(0));
     let (port, commands) = (p.port, p.commands);
+    let gate = Arc::new(Semaphore::new(p.connect_concurrency.max(1)));
     let outcomes = {
         let last_ns = last_ns.clone();
         bounded(p.sessions, p.concurrency, move |i| {
-            let last_ns = last_ns.clone();
+            let (last_ns, gate) = (last_ns.clone(), gate.clone());
             async move {
-                let (cl, mut el) = client(format!("car-{i}"), i, port, false, 100, 10);
-                let session_present =
-                    wait_connack(&mut el, 60).await.with_context(|| format!("reconnecting car-{i}"))?;
+                // A refused or reset connection is retried (and counted), not fatal.
+                let mut connect_errors = 0u64;
+                let mut first_error = None;
+                let mut connected = None;
+                for _attempt in 0..5 {
+                    let (cl, mut el) = client(format!("car-{i}"), i, port, false, 100, 10);
+                    let handshake = gate.acquire().await?;
+                    let r = wait_connack(&mut el, 60).await;
+                    drop(handshake);
+                    match r {
+                        Ok(present) => {
+                            connected = Some((cl, el, present));
+                            break;
+                        }
+                        Err(e) => {
+                            connect_errors += 1;
+                            first_error.get_or_insert_with(|| format!("car-{i}: {e:#}"));
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                let Some((cl, mut el, session_present)) = connected else {
+                    return Ok(SessionOutcome {
+                        unique: 0,
+                        duplicated: 0,
+                        session_present: false,
+                        connect_errors,
+                        first_error,
+                    });
+                };
                 let mut seen = vec![0u32; commands];
                 let mut unique = 0;
                 let mut duplicated = 0;
@@ -217,7 +273,7 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<(u64, u64, u64, u64,
                     }
                 }
                 disconnect(&cl, &mut el).await;
-                Ok(SessionOutcome { unique: unique as u64, duplicated, session_present })
+                Ok(SessionOutcome { unique: unique as u64, duplicated, session_present, connect_errors, first_error })
             }
         })
         .await?
@@ -227,5 +283,7 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<(u64, u64, u64, u64,
     let duplicated = outcomes.iter().map(|o| o.duplicated).sum();
     let short = outcomes.iter().filter(|o| o.unique < commands as u64).count() as u64;
     let not_present = outcomes.iter().filter(|o| !o.session_present).count() as u64;
-    Ok((delivered, duplicated, short, not_present, deliver_secs))
+    let connect_errors = outcomes.iter().map(|o| o.connect_errors).sum();
+    let first_error = outcomes.iter().find_map(|o| o.first_error.clone()).unwrap_or_default();
+    Ok(Reconnected { delivered, duplicated, short, not_present, deliver_secs, connect_errors, first_error })
 }
