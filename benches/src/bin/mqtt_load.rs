@@ -68,6 +68,10 @@ struct Args {
     session_concurrency: usize,
     #[arg(long, default_value_t = 1)]
     offline_runs: usize,
+    /// offline-commands: stop waiting for the reconnected sessions after this many seconds
+    /// and report what arrived by then.
+    #[arg(long, default_value_t = 900)]
+    deliver_deadline: u64,
     /// slow-subscriber: publishers, messages each, payload bytes, subscriber msgs/s.
     #[arg(long, default_value_t = 10)]
     slow_publishers: usize,
@@ -304,16 +308,18 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
                     concurrency: args.session_concurrency,
                     connect_concurrency: args.connect_concurrency,
                     publishers: 10,
+                    deliver_deadline: std::time::Duration::from_secs(args.deliver_deadline),
                 }))
             })
             .map(|(r, _)| r);
             match &out {
                 Ok(r) => eprintln!(
-                    "  offline-commands run {} {name}: delivered {}/{} in {:.1} s ({})",
+                    "  offline-commands run {} {name}: delivered {}/{} in {:.1} s{} ({})",
                     run + 1,
                     r.delivered,
                     r.expected,
                     r.deliver_secs,
+                    if r.timed_out { " (deadline hit)" } else { "" },
                     machine_load()
                 ),
                 Err(e) => eprintln!("  offline-commands run {} {name}: FAILED: {e:#}", run + 1),
@@ -335,7 +341,7 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
         match r {
             Ok(r) => {
                 println!(
-                    "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {}/{} | {} | {} | {} | {} | {:.1} |",
+                    "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {}/{} | {} | {} | {} | {} | {} |",
                     r.rss_idle_mib,
                     r.rss_sessions_mib,
                     r.rss_offline_mib,
@@ -348,12 +354,18 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
                     r.sessions_short,
                     r.sessions_not_present,
                     r.connect_errors,
-                    r.deliver_secs
+                    if r.timed_out {
+                        format!("> {:.0} (deadline)", r.deliver_secs)
+                    } else {
+                        format!("{:.1}", r.deliver_secs)
+                    }
                 );
                 if r.connect_errors > 0 {
                     series.push(format!("- {name}: first reconnect error: {}", r.first_connect_error));
                 }
-                time.insert(name.clone(), r.deliver_secs);
+                if !r.timed_out {
+                    time.insert(name.clone(), r.deliver_secs);
+                }
                 rss.insert(name.clone(), r.rss_offline_mib);
                 series.push(format!(
                     "- {name} RSS MiB while offline, from the first command (t:MiB): {}",

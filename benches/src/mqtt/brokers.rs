@@ -3,6 +3,7 @@
 //! directory and output file.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -129,6 +130,13 @@ impl Broker {
             }
             other => bail!("unknown broker {other:?}: use axle, mosquitto or rumqttd"),
         };
+        // SAFETY: prctl is async-signal-safe; the broker dies with this tool (even on SIGKILL).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)

@@ -28,6 +28,8 @@ pub struct OfflineParams {
     pub connect_concurrency: usize,
     /// Connections publishing the commands.
     pub publishers: usize,
+    /// Give up on the reconnect phase after this long and report what arrived by then.
+    pub deliver_deadline: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -46,6 +48,8 @@ pub struct OfflineResult {
     pub duplicated: u64,
     pub sessions_short: u64,
     pub sessions_not_present: u64,
+    /// The reconnect phase hit the deadline (`delivered` is what arrived by then).
+    pub timed_out: bool,
     /// Failed reconnect attempts (each retried up to 5 times) and the first one's error.
     pub connect_errors: u64,
     pub first_connect_error: String,
@@ -86,6 +90,7 @@ pub async fn run(p: OfflineParams) -> anyhow::Result<OfflineResult> {
         sessions_not_present: r.not_present,
         connect_errors: r.connect_errors,
         first_connect_error: r.first_error,
+        timed_out: r.timed_out,
         offline_series: super::sampler::series(&samples, 12),
     })
 }
@@ -205,18 +210,33 @@ struct Reconnected {
     deliver_secs: f64,
     connect_errors: u64,
     first_error: String,
+    timed_out: bool,
 }
 
 /// Reconnects every session and waits (up to 30 s of silence each) for its commands.
 async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<Reconnected> {
     let base = Instant::now();
     let last_ns = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let (live, total) = (live.clone(), (p.sessions * p.commands) as u64);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n = live.load(Ordering::Relaxed);
+                let t = base.elapsed().as_secs_f64();
+                eprintln!("    reconnect: {n}/{total} commands after {t:.0} s ({:.0}/s)", n as f64 / t);
+            }
+        })
+    };
     let (port, commands) = (p.port, p.commands);
     let gate = Arc::new(Semaphore::new(p.connect_concurrency.max(1)));
     let outcomes = {
-        let last_ns = last_ns.clone();
-        bounded(p.sessions, p.concurrency, move |i| {
-            let (last_ns, gate) = (last_ns.clone(), gate.clone());
+        let (last_ns, live) = (last_ns.clone(), live.clone());
+        let all = bounded(p.sessions, p.concurrency, move |i| {
+            let (last_ns, gate, live) = (last_ns.clone(), gate.clone(), live.clone());
             async move {
                 // A refused or reset connection is retried (and counted), not fatal.
                 let mut connect_errors = 0u64;
@@ -260,6 +280,7 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<Reconnected> {
                                     seen[round] += 1;
                                     if seen[round] == 1 {
                                         unique += 1;
+                                        live.fetch_add(1, Ordering::Relaxed);
                                     } else {
                                         duplicated += 1;
                                     }
@@ -275,8 +296,25 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<Reconnected> {
                 disconnect(&cl, &mut el).await;
                 Ok(SessionOutcome { unique: unique as u64, duplicated, session_present, connect_errors, first_error })
             }
-        })
-        .await?
+        });
+        tokio::time::timeout(p.deliver_deadline, all).await
+    };
+    progress.abort();
+    let outcomes = match outcomes {
+        Ok(o) => o?,
+        Err(_) => {
+            let delivered = live.load(Ordering::Relaxed);
+            return Ok(Reconnected {
+                delivered,
+                duplicated: 0,
+                short: 0,
+                not_present: 0,
+                deliver_secs: base.elapsed().as_secs_f64(),
+                connect_errors: 0,
+                first_error: String::new(),
+                timed_out: true,
+            });
+        }
     };
     let deliver_secs = last_ns.load(Ordering::Relaxed) as f64 / 1e9;
     let delivered = outcomes.iter().map(|o| o.unique).sum();
@@ -285,5 +323,14 @@ async fn reconnect_all(p: &OfflineParams) -> anyhow::Result<Reconnected> {
     let not_present = outcomes.iter().filter(|o| !o.session_present).count() as u64;
     let connect_errors = outcomes.iter().map(|o| o.connect_errors).sum();
     let first_error = outcomes.iter().find_map(|o| o.first_error.clone()).unwrap_or_default();
-    Ok(Reconnected { delivered, duplicated, short, not_present, deliver_secs, connect_errors, first_error })
+    Ok(Reconnected {
+        delivered,
+        duplicated,
+        short,
+        not_present,
+        deliver_secs,
+        connect_errors,
+        first_error,
+        timed_out: false,
+    })
 }
