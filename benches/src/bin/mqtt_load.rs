@@ -54,8 +54,8 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Connection handshakes in progress at the same time (publishers and sessions); keep it
-    /// below the brokers' listen backlog (1024 for axle and rumqttd).
-    #[arg(long, default_value_t = 200)]
+    /// below the brokers' listen backlog (`ss -ltn` shows 128 for axle's listener).
+    #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
     /// Persistent sessions in offline-commands.
     #[arg(long, default_value_t = 100_000)]

@@ -23,8 +23,8 @@ pub struct OfflineParams {
     pub commands: usize,
     /// Connections open at the same time while creating and reconnecting sessions.
     pub concurrency: usize,
-    /// Connection handshakes in progress at the same time (below the brokers' listen backlog
-    /// of ~1024: beyond it the kernel falls back to SYN cookies and resets some connections).
+    /// Connection handshakes in progress at the same time (below the brokers' listen backlog:
+    /// beyond it the kernel falls back to SYN cookies and resets some connections).
     pub connect_concurrency: usize,
     /// Connections publishing the commands.
     pub publishers: usize,
@@ -158,8 +158,15 @@ async fn publish_commands(p: &OfflineParams) -> anyhow::Result<()> {
     for k in 0..p.publishers.max(1) {
         let p = p.clone();
         set.spawn(async move {
-            let (cl, mut el) = client(format!("tsp-{k}-{}", rand::random::<u32>()), k, p.port, true, 100, 1000);
-            wait_connack(&mut el, 60).await?;
+            let mut attempt = 0;
+            let (cl, mut el) = loop {
+                let (cl, mut el) = client(format!("tsp-{k}-{}", rand::random::<u32>()), k, p.port, true, 100, 1000);
+                match wait_connack(&mut el, 60).await {
+                    Ok(_) => break (cl, el),
+                    Err(e) if attempt >= 4 => return Err(e.context(format!("connecting command publisher {k}"))),
+                    Err(_) => attempt += 1,
+                }
+            };
             let mine: Vec<usize> = (k..p.sessions).step_by(p.publishers.max(1)).collect();
             let expected = mine.len() * p.commands;
             let commands = p.commands;
