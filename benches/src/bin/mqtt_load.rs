@@ -158,7 +158,8 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
             match out {
                 Ok((r, cpu)) => {
                     eprintln!(
-                        "  {w} run {} {name}: received {:.0} msg/s, acked {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, lost {}, dup {}, broker CPU {cpu:.1} s ({})",
+                        "  {w} run {} {name}: received {:.0} msg/s, acked {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, \
+                            lost {}, dup {}, broker CPU {cpu:.1} s ({})",
                         run + 1,
                         r.received_per_s,
                         r.acked_per_s,
@@ -187,7 +188,10 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
         args.rate.map_or(String::new(), |r| format!(", publishing limited to {r:.0} msg/s in all")),
         args.runs.max(1)
     );
-    println!("| broker | received msg/s (end to end) | per run | published msg/s | acked msg/s | PUBACK p50 ms | PUBACK p99 ms | lost | duplicated | broker CPU s | CPU µs/msg |");
+    println!(
+        "| broker | received msg/s (end to end) | per run | published msg/s | acked msg/s | PUBACK p50 ms \
+        | PUBACK p99 ms | lost | duplicated | broker CPU s | CPU µs/msg |"
+    );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut recv = BTreeMap::new();
     let mut p50 = BTreeMap::new();
@@ -261,10 +265,14 @@ fn slow_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec, b
     }
     println!("\n## slow-subscriber\n");
     println!(
-        "{} publishers x {} msgs of {} B at QoS 1 as fast as acknowledged; one QoS 1 subscriber on v/+/telemetry reading {} msg/s; backlog held 5 s, then drained at full speed.\n",
+        "{} publishers x {} msgs of {} B at QoS 1 as fast as acknowledged; one QoS 1 subscriber on \
+            v/+/telemetry reading {} msg/s; backlog held 5 s, then drained at full speed.\n",
         args.slow_publishers, args.slow_messages, args.slow_payload, args.slow_rate
     );
-    println!("| broker | backlog MiB | published msg/s | RSS start MiB | RSS max MiB | RSS end of backlog MiB | growth MiB | read while slow | drain s | lost | duplicated |");
+    println!(
+        "| broker | backlog MiB | published msg/s | RSS start MiB | RSS max MiB | RSS end of backlog MiB | \
+        growth MiB | read while slow | drain s | lost | duplicated |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut series = Vec::new();
     for (name, r) in &rows {
@@ -329,10 +337,15 @@ fn offline_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec
     }
     println!("\n## offline-commands\n");
     println!(
-        "{} persistent sessions (clean session off) subscribe to v/{{i}}/cmd at QoS 1 and disconnect ({} at a time); {} commands each at QoS 1 from 10 publishers; then all reconnect.\n",
+        "{} persistent sessions (clean session off) subscribe to v/{{i}}/cmd at QoS 1 and disconnect ({} at a \
+            time); {} commands each at QoS 1 from 10 publishers; then all reconnect.\n",
         args.sessions, args.session_concurrency, args.commands
     );
-    println!("| broker | RSS idle MiB | RSS sessions offline MiB | RSS offline + commands MiB | RSS max offline MiB | setup s | publish s | delivered | duplicated | sessions short | session not present | reconnect errors | time to deliver all s |");
+    println!(
+        "| broker | RSS idle MiB | RSS sessions offline MiB | RSS offline + commands MiB | RSS max offline MiB | \
+        setup s | publish s | delivered | duplicated | sessions short | session not present | reconnect errors | \
+        time to deliver all s |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut time = BTreeMap::new();
     let mut rss = BTreeMap::new();
@@ -417,7 +430,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "# mqtt-load\n\nbrokers {}; Axle fsync = {} (every message appended to its log on disk); mosquitto (persistence false) and rumqttd keep nothing on disk. Open-file limit {limit}; {} at start.",
+        "# mqtt-load\n\nbrokers {}; Axle fsync = {} (every message appended to its log on disk); mosquitto \
+            (persistence false) and rumqttd keep nothing on disk. Open-file limit {limit}; {} at start.",
         brokers.join(", "),
         args.axle_fsync,
         machine_load()
