@@ -182,12 +182,13 @@ async fn publish_commands(p: &OfflineParams) -> anyhow::Result<()> {
                 })
             };
             let mut acked = 0;
+            // A broker busy with 100k session disconnects may take minutes to ack the first one.
             while acked < expected {
-                match tokio::time::timeout(Duration::from_secs(60), el.poll()).await {
+                match tokio::time::timeout(Duration::from_secs(300), el.poll()).await {
                     Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => acked += 1,
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => bail!("command publisher {k}: {e} after {acked}/{expected} acks"),
-                    Err(_) => bail!("command publisher {k}: stalled at {acked}/{expected} acks"),
+                    Err(_) => bail!("command publisher {k}: no ack for 300 s, stalled at {acked}/{expected} acks"),
                 }
             }
             sender.await.context("sender task")??;
