@@ -17,3 +17,5 @@ pub fn median(values: &[f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     percentile(&v, 50.0)
 }
+
+pub mod mqtt;

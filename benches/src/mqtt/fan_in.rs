@@ -1,0 +1,264 @@
+//! `fan-in` / `fan-in-q0`: N publishers to `v/{i}/telemetry`, consumers on the shared
+//! subscription `$share/bench/v/+/telemetry`. Every payload carries `publisher:seq`, so lost
+//! and duplicated messages are counted exactly.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rumqttc::{Event, Incoming, Outgoing, QoS};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::client::{client, disconnect, parse_payload, payload, wait_connack, wait_suback};
+use crate::percentile;
+
+#[derive(Clone, Debug)]
+pub struct FanInParams {
+    pub port: u16,
+    pub publishers: usize,
+    pub messages: usize,
+    pub payload: usize,
+    pub qos: QoS,
+    pub consumers: usize,
+    /// Connections opened at the same time while connecting the publishers.
+    pub connect_concurrency: usize,
+    /// Aggregate publish rate (msgs/s) spread evenly over the publishers; `None` = as fast as
+    /// the in-flight window allows.
+    pub rate: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FanInResult {
+    pub total: u64,
+    pub published_per_s: f64,
+    pub acked_per_s: f64,
+    /// Distinct messages received by the consumers per second, from the start signal to the
+    /// last message received.
+    pub received_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub secs: f64,
+}
+
+struct Shared {
+    seen: Vec<AtomicU32>,
+    received: AtomicU64,
+    /// Nanoseconds since `base` of the latest message received.
+    last_recv_ns: AtomicU64,
+    base: Instant,
+    messages: usize,
+}
+
+impl Shared {
+    fn record(&self, p: &[u8]) {
+        if let Some((publisher, seq)) = parse_payload(p) {
+            if let Some(slot) = self.seen.get(publisher * self.messages + seq) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.last_recv_ns.fetch_max(self.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct PubStats {
+    lat_ms: Vec<f64>,
+    last_sent: Instant,
+    last_ack: Instant,
+}
+
+pub async fn run(p: FanInParams) -> anyhow::Result<FanInResult> {
+    let total = (p.publishers * p.messages) as u64;
+    let shared = Arc::new(Shared {
+        seen: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        received: AtomicU64::new(0),
+        last_recv_ns: AtomicU64::new(0),
+        base: Instant::now(),
+        messages: p.messages,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut consumers = Vec::new();
+    for c in 0..p.consumers {
+        let (cl, mut el) = client(format!("consumer-{c}-{}", rand::random::<u32>()), c, p.port, true, 100, 100);
+        cl.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
+        wait_connack(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
+        wait_suback(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
+        let (shared, mut stop) = (shared.clone(), stop_rx.clone());
+        consumers.push(tokio::spawn(async move {
+            let _keep = cl;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => return Ok(()),
+                    ev = el.poll() => match ev {
+                        Ok(Event::Incoming(Incoming::Publish(m))) => shared.record(&m.payload),
+                        Ok(_) => {}
+                        Err(e) => bail!("consumer {c} lost its connection: {e}"),
+                    },
+                }
+            }
+        }));
+    }
+
+    // Publishers connect in waves, report readiness, then wait for one start signal.
+    let (start_tx, start_rx) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<anyhow::Result<()>>(p.publishers.max(1));
+    let connect_gate = Arc::new(Semaphore::new(p.connect_concurrency.max(1)));
+    let mut publishers = Vec::new();
+    for i in 0..p.publishers {
+        let (ready, mut start, gate) = (ready_tx.clone(), start_rx.clone(), connect_gate.clone());
+        let p = p.clone();
+        publishers.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await?;
+            let (cl, mut el) = client(format!("pub-{i}-{}", rand::random::<u32>()), i, p.port, true, 100, 200);
+            let connected = wait_connack(&mut el, 60).await.with_context(|| format!("publisher {i}"));
+            drop(permit);
+            let failed = connected.is_err();
+            let _ = ready.send(connected.map(|_| ())).await;
+            if failed {
+                bail!("publisher {i} could not connect");
+            }
+            while !*start.borrow() {
+                start.changed().await?;
+            }
+            publish_all(i, cl, el, &p).await
+        }));
+    }
+    drop(ready_tx);
+    let connect_started = Instant::now();
+    for _ in 0..p.publishers {
+        match tokio::time::timeout(Duration::from_secs(300), ready_rx.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => {
+                let _ = stop_tx.send(true);
+                return Err(e.context("connecting the publishers"));
+            }
+            Ok(None) => bail!("a publisher task ended before connecting"),
+            Err(_) => bail!("publishers not all connected after 300 s"),
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    if connect_secs > 10.0 {
+        eprintln!("  (connecting {} publishers took {connect_secs:.1} s)", p.publishers);
+    }
+
+    let started = Instant::now();
+    let start_ns = shared.base.elapsed().as_nanos() as u64;
+    start_tx.send(true).context("starting the publishers")?;
+    let mut lat = Vec::with_capacity(total as usize);
+    let (mut last_sent, mut last_ack) = (started, started);
+    let mut first_err = None;
+    for t in publishers {
+        match t.await.context("publisher task panicked")? {
+            Ok(s) => {
+                lat.extend(s.lat_ms);
+                last_sent = last_sent.max(s.last_sent);
+                last_ack = last_ack.max(s.last_ack);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    // Drain: until every message arrived or nothing arrived for 5 s.
+    let mut prev = u64::MAX;
+    let mut idle_since = Instant::now();
+    loop {
+        let now = shared.received.load(Ordering::Relaxed);
+        if now >= total || consumers.iter().all(|c| c.is_finished()) {
+            break;
+        }
+        if now != prev {
+            prev = now;
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A late duplicate would show up right after the last message: give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_tx.send(true);
+    for c in consumers {
+        if let Err(e) = c.await.context("consumer task panicked")? {
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let unique = shared.seen.iter().filter(|c| c.load(Ordering::Relaxed) > 0).count() as u64;
+    let duplicated: u64 = shared.seen.iter().map(|c| u64::from(c.load(Ordering::Relaxed).saturating_sub(1))).sum();
+    let last_recv_ns = shared.last_recv_ns.load(Ordering::Relaxed);
+    let recv_secs = (last_recv_ns.saturating_sub(start_ns) as f64 / 1e9).max(1e-3);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let rate = |t: Instant| total as f64 / t.duration_since(started).as_secs_f64().max(1e-3);
+    Ok(FanInResult {
+        total,
+        published_per_s: rate(last_sent),
+        acked_per_s: if p.qos == QoS::AtMostOnce { f64::NAN } else { rate(last_ack) },
+        received_per_s: unique as f64 / recv_secs,
+        p50_ms: percentile(&lat, 50.0),
+        p99_ms: percentile(&lat, 99.0),
+        lost: total - unique,
+        duplicated,
+        secs: recv_secs,
+    })
+}
+
+/// Publishes `messages` messages as fast as the client's in-flight window allows and times
+/// each PUBACK from the moment the PUBLISH left the event loop.
+pub(crate) async fn publish_all(
+    i: usize,
+    cl: rumqttc::AsyncClient,
+    mut el: rumqttc::EventLoop,
+    p: &FanInParams,
+) -> anyhow::Result<PubStats> {
+    let topic = format!("v/{i}/telemetry");
+    let (messages, size, qos) = (p.messages, p.payload, p.qos);
+    let per_publisher = p.rate.map(|r| r / p.publishers.max(1) as f64);
+    let sender = {
+        let cl = cl.clone();
+        tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            for seq in 0..messages {
+                if let Some(r) = per_publisher {
+                    tokio::time::sleep_until(t0 + Duration::from_secs_f64(seq as f64 / r)).await;
+                }
+                cl.publish(topic.clone(), qos, false, payload(i, seq, size)).await?;
+            }
+            Ok::<_, rumqttc::ClientError>(())
+        })
+    };
+    // Packet ids are reused, so keep send times per id (65,535 slots).
+    let mut sent_at: Vec<Option<Instant>> = vec![None; 1 << 16];
+    let mut lat_ms = Vec::with_capacity(messages);
+    let (mut sent, mut acked) = (0usize, 0usize);
+    let (mut last_sent, mut last_ack) = (Instant::now(), Instant::now());
+    let done = |sent: usize, acked: usize| if qos == QoS::AtMostOnce { sent >= messages } else { acked >= messages };
+    while !done(sent, acked) {
+        match tokio::time::timeout(Duration::from_secs(60), el.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                sent += 1;
+                last_sent = Instant::now();
+                sent_at[usize::from(pkid)] = Some(last_sent);
+            }
+            Ok(Ok(Event::Incoming(Incoming::PubAck(a)))) => {
+                acked += 1;
+                last_ack = Instant::now();
+                if let Some(t) = sent_at[usize::from(a.pkid)].take() {
+                    lat_ms.push(last_ack.duration_since(t).as_secs_f64() * 1e3);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("publisher {i}: connection error after {sent} sent, {acked} acked: {e}"),
+            Err(_) => bail!("publisher {i}: nothing happened for 60 s ({sent} sent, {acked} acked)"),
+        }
+    }
+    sender.await.context("sender task")?.with_context(|| format!("publisher {i}: queueing a publish"))?;
+    disconnect(&cl, &mut el).await;
+    Ok(PubStats { lat_ms, last_sent, last_ack })
+}

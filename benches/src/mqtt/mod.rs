@@ -1,0 +1,9 @@
+//! The `mqtt-load` tool's parts: starting the brokers, the rumqttc clients and one module per
+//! workload.
+
+pub mod brokers;
+pub mod client;
+pub mod fan_in;
+pub mod offline;
+pub mod sampler;
+pub mod slow;
