@@ -3,7 +3,8 @@
 //! Each group hands every matching record to one member, round-robin over the members that
 //! have *credit*: a member's credit is how many more shared deliveries it may hold unfinished
 //! (queued, waiting for its window, or unacknowledged), so a slow member holds at most its
-//! window in memory. When no member has credit, the group does not drop the record: it
+//! window plus `MEMBER_QUEUE` deliveries in memory. When no member has credit, the group
+//! does not drop the record: it
 //! starts *lagging* on that partition at the record's offset, and members pull the backlog
 //! from the log as their credit comes back (acknowledgements). The log absorbs the backlog;
 //! RAM stays flat.
@@ -31,8 +32,16 @@ use parking_lot::Mutex;
 use crate::hub::{Delivery, SessionHandle, UNKNOWN};
 use crate::topic_tree::SubscriberId;
 
-/// Records read from the log per pull step.
-const PULL_BATCH: usize = 256;
+/// Shared deliveries a member may hold beyond its in-flight window (queued in memory, waiting
+/// for acknowledgements): enough to ride out bursts without reading the log, small enough to
+/// keep memory per member bounded (about 1024 × message size).
+pub const MEMBER_QUEUE: usize = 1024;
+
+/// Most records read from the log per pull step; a step reads about as many records as the
+/// member has credit for (at least `PULL_MIN`), so a group whose filter matches most records
+/// does not read far past what it can hand out.
+const PULL_MAX: usize = 256;
+const PULL_MIN: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Lag {
@@ -194,7 +203,8 @@ impl SharedGroups {
             let part = &engine.partitions()[pid].log;
             while me.shared_credit.load(Ordering::Acquire) > 0 {
                 let Some(lag) = g.lag.get(&pid).copied() else { break };
-                let records = match part.read(lag.from, PULL_BATCH, 1 << 20) {
+                let want = (me.shared_credit.load(Ordering::Acquire).max(0) as usize).clamp(PULL_MIN, PULL_MAX);
+                let records = match part.read(lag.from, want, 1 << 20) {
                     Ok(r) => r,
                     Err(axle_engine::log::LogError::OffsetOutOfRange { log_start, end, .. }) => {
                         let to = if lag.from < log_start { log_start } else { end };
@@ -209,7 +219,7 @@ impl SharedGroups {
                         break;
                     }
                 };
-                let complete = records.len() < PULL_BATCH;
+                let complete = records.len() < want;
                 let mut from = lag.from;
                 let mut stopped = false;
                 for r in records {

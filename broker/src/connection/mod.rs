@@ -162,6 +162,8 @@ struct Connection {
     clean_disconnect: bool,
     /// Per partition, the key all this session's records there carry (see `catch_up.rs`).
     cursor_keys: HashMap<usize, Option<String>>,
+    /// A shared group of this session may lag: pull when credit allows (see `shared.rs`).
+    shared_pull: bool,
 }
 
 fn refuse(version: ProtocolVersion, reason: ReasonCode) -> ConnAck {
@@ -277,7 +279,7 @@ impl Connection {
             retained_waiting: VecDeque::new(),
             upgrade_qos: cfg.upgrade_qos,
         };
-        handle.shared_credit.store(outbound.window as i64, Ordering::Release);
+        handle.shared_credit.store((outbound.window + crate::shared::MEMBER_QUEUE) as i64, Ordering::Release);
         tracing::info!(%peer, %client_id, version = ?v, clean_start = c.clean_start, session_present, "client connected");
         Ok(Connection {
             hub,
@@ -301,6 +303,7 @@ impl Connection {
             pending: FuturesOrdered::new(),
             clean_disconnect: false,
             cursor_keys: HashMap::new(),
+            shared_pull: false,
         })
     }
 
@@ -392,7 +395,7 @@ impl Connection {
             self.session.dirty = true;
             self.save_if_dirty();
         }
-        self.pull_shared(out);
+        self.shared_pull = true;
     }
 
     /// Resends an unacknowledged retained delivery with DUP, if the same retained message
@@ -503,13 +506,14 @@ impl Connection {
                             c.catch_up = true;
                         }
                     }
-                    self.pull_shared(&mut out);
+                    self.shared_pull = true;
                 }
                 _ = sleep_until_opt(ka) => {
                     return End::Server(ReasonCode::KeepAliveTimeout, "no packet within 1.5 x keepalive".into());
                 }
                 _ = save_tick.tick() => self.save_if_dirty(),
                 _ = std::future::ready(()), if catching_up => self.catch_up_step(&mut out),
+                _ = std::future::ready(()), if self.shared_pull_ready() => self.pull_shared(&mut out),
             }
         }
     }
@@ -573,7 +577,7 @@ impl Connection {
                 }
                 self.outbound.drain_retained(&mut self.session, out);
                 self.drain_shared(out);
-                self.pull_shared(out);
+                self.shared_pull = true;
                 Ok(())
             }
             Packet::PubRec(a) => {
@@ -586,7 +590,7 @@ impl Connection {
                         self.session.dirty = true;
                         self.outbound.drain_retained(&mut self.session, out);
                         self.drain_shared(out);
-                        self.pull_shared(out);
+                        self.shared_pull = true;
                         return Ok(());
                     }
                     Some(i) => {
@@ -614,7 +618,7 @@ impl Connection {
                 }
                 self.outbound.drain_retained(&mut self.session, out);
                 self.drain_shared(out);
-                self.pull_shared(out);
+                self.shared_pull = true;
                 Ok(())
             }
             Packet::PubRel(a) => {
@@ -849,7 +853,7 @@ impl Connection {
         // A new persistent subscription is stored before its SUBACK leaves, cursors included,
         // so a crash right after cannot lose the session or what is published next.
         self.save_if_dirty();
-        self.pull_shared(out);
+        self.shared_pull = true;
     }
 
     /// Whether the ACL lets this client publish to / subscribe to `target`; counts refusals.

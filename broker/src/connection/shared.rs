@@ -45,8 +45,22 @@ impl Connection {
         }
     }
 
-    /// Takes this member's share of every lagging group's backlog, up to its credit.
+    /// Whether to pull now: a group may lag and enough credit came back to make a read
+    /// worthwhile (a quarter of the window, or any when nothing is outstanding), so that a
+    /// lagging group is read in batches rather than one record per acknowledgement.
+    pub(super) fn shared_pull_ready(&self) -> bool {
+        if !self.shared_pull {
+            return false;
+        }
+        let credit = self.handle.shared_credit.load(Ordering::Acquire);
+        let threshold = (self.outbound.window / 4).max(1) as i64;
+        credit >= threshold || (credit > 0 && self.shared_outstanding() == 0)
+    }
+
+    /// Takes this member's share of every lagging group's backlog, up to its credit. Leaves
+    /// `shared_pull` set while some group still lags.
     pub(super) fn pull_shared(&mut self, out: &mut BytesMut) {
+        self.shared_pull = false;
         let keys: Vec<(String, String)> = self
             .session
             .subscriptions
@@ -54,12 +68,24 @@ impl Connection {
             .filter_map(|s| s.group.as_ref().map(|g| (format!("{g}\u{0}{}", s.inner), s.inner.clone())))
             .collect();
         for (key, filter) in keys {
-            if self.handle.shared_credit.load(Ordering::Acquire) <= 0 || !self.hub.shared.needs_pull(&key) {
+            if !self.hub.shared.needs_pull(&key) {
                 continue;
             }
-            let pulled = self.hub.shared.pull(&self.hub.engine, &key, &filter, &self.handle);
-            for d in pulled {
-                self.offer_shared(d, out);
+            if self.handle.shared_credit.load(Ordering::Acquire) > 0 {
+                let t = std::time::Instant::now();
+                let pulled = self.hub.shared.pull(&self.hub.engine, &key, &filter, &self.handle);
+                tracing::debug!(
+                    n = pulled.len(),
+                    us = t.elapsed().as_micros() as u64,
+                    credit = self.handle.shared_credit.load(Ordering::Acquire),
+                    "pulled"
+                );
+                for d in pulled {
+                    self.offer_shared(d, out);
+                }
+            }
+            if self.hub.shared.needs_pull(&key) {
+                self.shared_pull = true;
             }
         }
     }
