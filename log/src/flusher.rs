@@ -81,17 +81,26 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
         }
         expected = have.max(expected - expected / 8);
         // One sync per distinct segment file.
-        let mut segments: Vec<Arc<Segment>> = Vec::new();
+        let mut segments: Vec<(Arc<Segment>, u64)> = Vec::new();
         let mut seen = HashMap::new();
         for item in jobs.iter().flat_map(|j| j.items.iter()) {
             let key = Arc::as_ptr(&item.segment) as usize;
-            if let std::collections::hash_map::Entry::Vacant(v) = seen.entry(key) {
-                v.insert(segments.len());
-                segments.push(item.segment.clone());
+            match seen.entry(key) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(segments.len());
+                    segments.push((item.segment.clone(), item.len));
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let s = &mut segments[*o.get()];
+                    s.1 = s.1.max(item.len);
+                }
             }
         }
-        let ops: Vec<WriteOp<'_>> =
-            segments.iter().map(|s| WriteOp { fd: s.file.as_raw_fd(), pos: 0, bufs: &[], sync: true }).collect();
+        // Only the bytes these jobs need: data appended meanwhile rides the next sync.
+        let ops: Vec<WriteOp<'_>> = segments
+            .iter()
+            .map(|(s, len)| WriteOp { fd: s.file.as_raw_fd(), pos: 0, bufs: &[], sync: true, sync_len: (*len).max(1) })
+            .collect();
         let started = Instant::now();
         let results = if ops.is_empty() { Vec::new() } else { backend.submit(&ops) };
         let took = started.elapsed();

@@ -25,6 +25,10 @@ pub struct WriteOp<'a> {
     /// Written back to back; may be empty (sync only).
     pub bufs: &'a [Bytes],
     pub sync: bool,
+    /// With `sync`: make bytes `[0, sync_len)` durable (0 = the whole file). io_uring syncs
+    /// just that range, so a sync does not also chase pages the writer dirties meanwhile
+    /// past it; the `fdatasync` fallback always syncs the whole file.
+    pub sync_len: u64,
 }
 
 /// What happened to one [`WriteOp`].
@@ -202,6 +206,7 @@ impl UringBackend {
                 if need_sync {
                     entries.push(
                         opcode::Fsync::new(types::Fd(op.fd))
+                            .len(u32::try_from(op.sync_len).unwrap_or(0))
                             .flags(types::FsyncFlags::DATASYNC)
                             .build()
                             .user_data(((i as u64) << 1) | 1),

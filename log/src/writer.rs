@@ -184,6 +184,7 @@ impl Writer {
                     pos: p.position,
                     bufs: &p.round_bufs,
                     sync: false,
+                    sync_len: 0,
                 });
                 who.push(i);
             }
