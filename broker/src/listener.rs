@@ -8,7 +8,11 @@ use tokio::net::TcpListener;
 use crate::hub::Hub;
 
 /// Binds MQTT over TCP on `addr`; returns the bound address and the accept task.
-pub async fn tcp(hub: Arc<Hub>, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn tcp(
+    hub: Arc<Hub>,
+    name: Arc<str>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -17,7 +21,8 @@ pub async fn tcp(hub: Arc<Hub>, addr: SocketAddr) -> std::io::Result<(SocketAddr
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let hub = hub.clone();
-                    tokio::spawn(crate::connection::serve(hub, stream, peer));
+                    let info = crate::connection::PeerInfo::tcp(peer, name.clone());
+                    tokio::spawn(crate::connection::serve(hub, stream, info));
                 }
                 Err(e) => {
                     // EMFILE and friends: log, back off briefly, keep accepting.

@@ -102,7 +102,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let hub = Hub::new(engine.clone(), cfg, acl);
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
-            axle_broker::listener::tcp(hub.clone(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
+            axle_broker::listener::tcp(hub.clone(), "tcp".into(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
         let (grpc_addr, grpc_task) = axle_broker::grpc::serve(hub.clone(), grpc)
             .await
             .with_context(|| format!("binding the gRPC API on {grpc}"))?;

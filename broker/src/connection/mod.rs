@@ -4,7 +4,6 @@
 //! `outbound.rs`. The transport is any byte stream.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,10 @@ use tokio::time::Instant;
 
 mod catch_up;
 mod packets;
+pub mod peer;
 mod shared;
+
+pub use peer::{CertIdentity, PeerInfo, Transport};
 
 use crate::acl::Action;
 use crate::codec::{
@@ -47,7 +49,7 @@ enum End {
 }
 
 /// Serves one connection until it ends.
-pub async fn serve<S>(hub: Arc<Hub>, mut io: S, peer: SocketAddr)
+pub async fn serve<S>(hub: Arc<Hub>, mut io: S, peer: PeerInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -142,7 +144,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
 
 struct Connection {
     hub: Arc<Hub>,
-    peer: SocketAddr,
+    peer: PeerInfo,
     version: ProtocolVersion,
     client_id: String,
     username: Option<String>,
@@ -179,10 +181,10 @@ fn refuse(version: ProtocolVersion, reason: ReasonCode) -> ConnAck {
 impl Connection {
     /// Validates CONNECT, takes over an existing connection of the same client id, and
     /// loads or creates the session. Errors are the CONNACK to send.
-    async fn accept(hub: Arc<Hub>, c: Connect, peer: SocketAddr) -> Result<Connection, ConnAck> {
+    async fn accept(hub: Arc<Hub>, c: Connect, peer: PeerInfo) -> Result<Connection, ConnAck> {
         let cfg = &hub.config.mqtt;
         let v = c.protocol;
-        if c.username.is_none() && !peer.ip().is_loopback() && !cfg.allow_anonymous {
+        if c.username.is_none() && !peer.addr.ip().is_loopback() && !cfg.allow_anonymous {
             tracing::info!(%peer, client_id = %c.client_id, "anonymous client refused (not from loopback)");
             return Err(refuse(v, ReasonCode::NotAuthorized));
         }
