@@ -99,7 +99,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tcp = cfg.listeners.tcp;
     let grpc = cfg.listeners.grpc;
     let result = rt.block_on(async {
-        let hub = Hub::new(engine.clone(), cfg, acl);
+        let auth = axle_broker::auth::Auth::new(&cfg, engine.meta().clone()).context("setting up authentication")?;
+        tracing::info!(chain = ?auth.chain_names(), "authentication");
+        let hub = Hub::new(engine.clone(), cfg, acl, Arc::new(auth));
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), "tcp".into(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
