@@ -125,7 +125,8 @@ impl Acl {
     /// or deny, for `action` or, with `None`, for both. The filter may use `%c` and `%u`.
     pub fn push_rule(&mut self, allow: bool, action: Option<Action>, filter: &str) -> Result<(), String> {
         let probe = filter.replace("%c", "c").replace("%u", "u");
-        crate::codec::validate_topic_filter(&probe).map_err(|e| format!("`{filter}` is not a valid topic filter: {e}"))?;
+        crate::codec::validate_topic_filter(&probe)
+            .map_err(|e| format!("`{filter}` is not a valid topic filter: {e}"))?;
         let (publish, subscribe) = match action {
             Some(Action::Publish) => (true, false),
             Some(Action::Subscribe) => (false, true),

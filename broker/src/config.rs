@@ -357,7 +357,9 @@ impl JwtSection {
             }
             JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
                 if self.secret.is_some() {
-                    return bad("RS256 and ES256 verify with a public key: set `public_key_file` or `jwks_file`, not `secret`");
+                    return bad(
+                        "RS256 and ES256 verify with a public key: set `public_key_file` or `jwks_file`, not `secret`",
+                    );
                 }
                 if self.public_key_file.is_some() == self.jwks_file.is_some() {
                     return bad("RS256 and ES256 need exactly one of `public_key_file` and `jwks_file`");

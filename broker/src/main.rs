@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axle_broker::cli::{Cli, Command, ServeArgs};
+mod admin;
 use axle_broker::config::Config;
 use axle_broker::hub::Hub;
 use axle_engine::{Engine, EngineConfig};
@@ -20,6 +21,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::User(cmd) => admin::user(cmd),
+        Command::Ban(cmd) => admin::ban(cmd),
     }
 }
 

@@ -138,7 +138,9 @@ mod tests {
         }
         fn check(&self, c: &Credentials<'_>) -> Verdict {
             match c.username {
-                Some(u) if u == self.accepts => Verdict::Accept(Identity { username: Some(u.into()), ..Default::default() }),
+                Some(u) if u == self.accepts => {
+                    Verdict::Accept(Identity { username: Some(u.into()), ..Default::default() })
+                }
                 Some(u) if u == self.rejects => Verdict::Reject(Rejection::bad_credentials("no")),
                 _ => Verdict::Ignore,
             }

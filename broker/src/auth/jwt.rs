@@ -88,11 +88,8 @@ impl JwtAuthenticator {
                 let mut only = None;
                 for jwk in &set.keys {
                     let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
-                    match &jwk.common.key_id {
-                        Some(kid) => {
-                            by_kid.insert(kid.clone(), key.clone());
-                        }
-                        None => {}
+                    if let Some(kid) = &jwk.common.key_id {
+                        by_kid.insert(kid.clone(), key.clone());
                     }
                     only = Some(key);
                 }
@@ -142,9 +139,9 @@ impl JwtAuthenticator {
 fn jwt_shaped(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
     parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='))
+        && parts.iter().all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=')
+        })
 }
 
 /// Parses an ACL claim (see the module docs) into rules for every client.

@@ -141,7 +141,11 @@ impl Auth {
             Outcome::Accepted(id) => {
                 if id.username.as_deref() != c.username {
                     if let Some(b) = id.username.as_deref().and_then(|u| self.bans.find("", Some(u), ip, now_ms)) {
-                        return Err(Rejection::banned(format!("banned ({}): {}", b.target, b.reason.unwrap_or_default())));
+                        return Err(Rejection::banned(format!(
+                            "banned ({}): {}",
+                            b.target,
+                            b.reason.unwrap_or_default()
+                        )));
                     }
                 }
                 Ok(id)
@@ -218,7 +222,9 @@ pub async fn admit(auth: &Arc<Auth>, c: &Connect, peer: &PeerInfo) -> Result<Ide
         });
         match job.await {
             Ok(r) => r,
-            Err(e) => Err(Rejection { reason: ReasonCode::UnspecifiedError, log: format!("authentication task failed: {e}") }),
+            Err(e) => {
+                Err(Rejection { reason: ReasonCode::UnspecifiedError, log: format!("authentication task failed: {e}") })
+            }
         }
     };
     match result {

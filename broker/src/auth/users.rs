@@ -137,7 +137,9 @@ impl Authenticator for UsersAuthenticator {
         let Some(name) = c.username else { return Verdict::Ignore };
         match self.users.check(name, c.password.unwrap_or_default()) {
             Ok(Check::Valid) => Verdict::Accept(Identity { username: Some(name.to_string()), ..Default::default() }),
-            Ok(Check::Invalid) => Verdict::Reject(Rejection::bad_credentials(format!("wrong password for user {name:?}"))),
+            Ok(Check::Invalid) => {
+                Verdict::Reject(Rejection::bad_credentials(format!("wrong password for user {name:?}")))
+            }
             Ok(Check::Unknown) => Verdict::Ignore,
             Err(e) => Verdict::Reject(Rejection::bad_credentials(format!("user {name:?}: {e}"))),
         }

@@ -335,7 +335,7 @@ impl Connection {
         match self.guard.on_publish(size, std::time::Instant::now()) {
             crate::auth::RateDecision::Pass => Ok(()),
             crate::auth::RateDecision::Pause(until) => {
-                if self.guard.throttles == 1 || self.guard.throttles % 1000 == 0 {
+                if self.guard.throttles == 1 || self.guard.throttles.is_multiple_of(1000) {
                     let pause = until.saturating_duration_since(std::time::Instant::now());
                     tracing::info!(client_id = %self.client_id, throttles = self.guard.throttles, ?pause, "client over its publish rate; throttled");
                 }
