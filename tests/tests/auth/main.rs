@@ -25,9 +25,15 @@ pub struct Site {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Site {
+    fn default() -> Site {
+        Site { dir: tempfile::tempdir().expect("tempdir") }
+    }
+}
+
 impl Site {
     pub fn new() -> Site {
-        Site { dir: tempfile::tempdir().expect("tempdir") }
+        Site::default()
     }
 
     pub fn data(&self) -> PathBuf {
