@@ -118,7 +118,8 @@ impl Auth {
 
     /// Decides a CONNECT (see the module docs). Blocking: it may hash a password.
     pub fn login(&self, c: &Credentials<'_>, now_ms: i64, now: Instant) -> Result<Identity, Rejection> {
-        let ip = c.peer.addr.ip();
+        // A v4 client on a dual-stack listener appears as ::ffff:a.b.c.d.
+        let ip = c.peer.addr.ip().to_canonical();
         if let Some(b) = self.bans.find(c.client_id, c.username, ip, now_ms) {
             return Err(Rejection::banned(format!("banned ({}): {}", b.target, b.reason.unwrap_or_default())));
         }

@@ -60,6 +60,8 @@ fn without_a_chain_anonymous_clients_are_loopback_only_by_default() {
     assert_eq!(reason(login(&d, &peer(REMOTE), "c", None, None)), ReasonCode::NotAuthorized);
     assert_eq!(reason(login(&d, &peer("[2001:db8::1]:1"), "c", None, None)), ReasonCode::NotAuthorized);
     assert!(login(&d, &peer("[::1]:1"), "c", None, None).is_ok());
+    assert!(login(&d, &peer("[::ffff:127.0.0.1]:1"), "c", None, None).is_ok(), "v4 loopback on a v6 socket");
+    assert_eq!(reason(login(&d, &peer("[::ffff:192.0.2.1]:1"), "c", None, None)), ReasonCode::NotAuthorized);
     let open = door("[mqtt]\nallow_anonymous = true\n");
     assert!(login(&open, &peer(REMOTE), "c", None, None).is_ok());
 }
