@@ -59,6 +59,9 @@ pub struct Auth {
     /// Verdict when no ACL rule applies.
     acl_default: bool,
     allow_anonymous: bool,
+    /// Bounds the chains running at once: each argon2 check holds 19 MiB and a CPU, and a
+    /// reconnect storm must queue, not exhaust memory or the blocking pool.
+    running: tokio::sync::Semaphore,
 }
 
 /// Unix time in milliseconds.
@@ -98,6 +101,9 @@ impl Auth {
                 None => cfg.acl_file.is_none(),
             },
             allow_anonymous: cfg.mqtt.allow_anonymous,
+            running: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2),
+            ),
         })
     }
 
@@ -210,6 +216,8 @@ pub async fn admit(auth: &Arc<Auth>, c: &Connect, peer: &PeerInfo) -> Result<Ide
         };
         auth.login(&creds, now_ms(), Instant::now())
     } else {
+        // Never fails: the semaphore is never closed.
+        let _permit = auth.running.acquire().await;
         let (auth, peer2) = (auth.clone(), peer.clone());
         let (client_id, username, password) = (c.client_id.clone(), c.username.clone(), c.password.clone());
         let job = tokio::task::spawn_blocking(move || {
