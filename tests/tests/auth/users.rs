@@ -64,3 +64,34 @@ fn a_password_is_never_taken_from_the_command_line_or_a_non_terminal_without_the
     let err = fails(site.axle(&["user", "add", "alice", "--password-stdin"], "\n"));
     assert!(err.contains("must not be empty"), "{err}");
 }
+
+/// A hand-built MQTT 5 CONNECT with a username and password.
+fn connect_v5_with_password(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut b = vec![0, 4];
+    b.extend_from_slice(b"MQTT");
+    b.extend_from_slice(&[5, 0xC2, 0, 30, 0]); // level 5; username, password, clean start; keepalive 30; no properties
+    for s in [client_id, user, password] {
+        b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    common::raw::packet(0x10, &b)
+}
+
+#[test]
+fn a_refused_connack_carries_the_code_and_nothing_else() {
+    let site = Site::new();
+    ok(site.axle(&["user", "add", "alice", "--password-stdin"], "wonderland\n"));
+    let (_server, port) = site.start(CHAIN);
+    for (user, pw) in [("alice", "wrong"), ("nobody", "wonderland")] {
+        let mut raw = common::raw::Raw::connect(port);
+        raw.send(&connect_v5_with_password("car1", user, pw));
+        let connack = raw.read_packet(common::WAIT).expect("CONNACK");
+        assert_eq!(connack.kind(), 2);
+        assert_eq!(connack.body, vec![0x00, 0x86, 0x00], "0x86 with an empty property block ({user})");
+        assert!(raw.read_packet(common::WAIT).is_none(), "then the connection closes");
+    }
+    let mut raw = common::raw::Raw::connect(port);
+    raw.send(&connect_v5_with_password("car1", "alice", "wonderland"));
+    let connack = raw.read_packet(common::WAIT).expect("CONNACK");
+    assert_eq!(&connack.body[..2], &[0x00, 0x00], "the right password is accepted");
+}
