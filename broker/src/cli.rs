@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage built-in users (the `users` authenticator). Opens the data directory, so the
     /// broker must be stopped.
     #[command(subcommand)]
@@ -82,8 +85,8 @@ pub enum BanCommand {
     Add {
         #[command(flatten)]
         target: BanTargetArgs,
-        /// How long: `90s`, `30m`, `1h`, `7d` [default: until removed].
-        #[arg(long = "for", value_parser = parse_duration)]
+        /// How long: `90s`, `30m`, `1h`, `7d`, `1h 30m` [default: until removed].
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
         /// Shown in `ban list` and in the broker log when the ban refuses a client.
         #[arg(long)]
@@ -105,43 +108,14 @@ pub enum BanCommand {
     },
 }
 
-/// Parses `<n>` followed by `s`, `m`, `h` or `d` (seconds without a unit).
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 1h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use s, m, h or d")),
-    };
-    n.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_take_a_unit() {
-        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
-        assert_eq!(parse_duration("30m").unwrap().as_secs(), 1800);
-        assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
-        assert_eq!(parse_duration("7d").unwrap().as_secs(), 604_800);
-        assert_eq!(parse_duration("15").unwrap().as_secs(), 15);
-        assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("h").is_err());
-    }
-
-    #[test]
-    fn a_ban_needs_exactly_one_target() {
-        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--for", "1h"]).is_ok());
-        assert!(Cli::try_parse_from(["axle", "ban", "add"]).is_err());
-        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--ip", "10.0.0.0/8"]).is_err());
-    }
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (with the `AXLE_…__…` environment overrides applied)
+    /// without starting the broker; exits non-zero naming the bad key, file and line.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,10 +139,39 @@ pub struct ServeArgs {
     /// gRPC consumer API listen address [default: 0.0.0.0:50051].
     #[arg(long, env = "AXLE_GRPC")]
     pub grpc: Option<std::net::SocketAddr>,
+    /// HTTP listen address: Prometheus `/metrics` and the admin API `/api/v1` [default: 0.0.0.0:18083].
+    #[arg(long, env = "AXLE_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
     /// Truncate partitions at mid-log corruption instead of refusing to start.
     #[arg(long)]
     pub repair: bool,
     /// Log output format: `text` or `json`.
     #[arg(long, env = "AXLE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_durations_take_a_unit() {
+        let parse = |d: &str| match Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--for", d]) {
+            Ok(Cli { command: Command::Ban(BanCommand::Add { duration, .. }), .. }) => duration.map(|d| d.as_secs()),
+            _ => None,
+        };
+        assert_eq!(parse("90s"), Some(90));
+        assert_eq!(parse("30m"), Some(1800));
+        assert_eq!(parse("7d"), Some(604_800));
+        assert_eq!(parse("1h 30m"), Some(5400));
+        assert_eq!(parse("1w2"), None);
+        assert_eq!(parse("soon"), None);
+    }
+
+    #[test]
+    fn a_ban_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--for", "1h"]).is_ok());
+        assert!(Cli::try_parse_from(["axle", "ban", "add"]).is_err());
+        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--ip", "10.0.0.0/8"]).is_err());
+    }
 }

@@ -1,8 +1,12 @@
 //! Broker configuration: one TOML file, every key optional with a documented default, unknown
-//! keys refused with their name.
+//! keys refused with their name, file and line; `AXLE_SECTION__KEY` environment variables
+//! override the file (see `load.rs`). `axle.toml.example` at the repository root lists every
+//! key with its default and unit.
+
+mod load;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axle_engine::{PartitionKey, StreamConfig};
 use serde::Deserialize;
@@ -20,14 +24,68 @@ pub struct Config {
     /// Filters every connecting client is subscribed to; `%c` is replaced by its client id
     /// and `%u` by its username.
     pub auto_subscribe: Vec<AutoSubscribe>,
-    /// Path of an ACL file (see `docs/acl.md`); none allows everything.
+    /// Path of an ACL file (see `docs/acl.md`); without one, `auth.acl_default` decides
+    /// (allow, unless set to deny).
     pub acl_file: Option<PathBuf>,
-    /// This broker's name in cluster metadata (the partition leader in `DescribeStream`).
+    /// This broker's name in cluster metadata (the partition leader in `DescribeStream`)
+    /// and in `$SYS/brokers/<node_id>/…`.
     pub node_id: String,
     /// Authentication chain and authorization defaults (`docs/auth.md`).
     pub auth: AuthSection,
     /// Bans, flapping detection and per-client rate limits (`docs/auth.md`).
     pub protection: ProtectionSection,
+    pub metrics: MetricsSection,
+    pub admin: AdminSection,
+    pub sys: SysSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Topic filters whose messages in and out are counted per filter
+    /// (`axle_topic_messages_*_total{filter=…}`). Each costs a match per message.
+    pub topics: Vec<String>,
+    /// How many of the slowest subscribers `/metrics` and the admin API list.
+    pub slow_subscribers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Serve the REST admin API under `/api/v1` on `listeners.http`.
+    pub enabled: bool,
+    /// Bearer token for `/api/v1`. Unset: read from `token_file`, and when that file does
+    /// not exist a random token is generated into it (mode 0600) at start-up.
+    pub token: Option<String>,
+    /// Where the token is kept [default: `<data_dir>/admin.token`].
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysSection {
+    /// Seconds between `$SYS/brokers/<node_id>/…` updates; 0 turns `$SYS` off.
+    pub interval_secs: u64,
+    /// Publish `$SYS/brokers/<node_id>/clients/<client_id>/connected|disconnected` events.
+    pub client_events: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { topics: Vec::new(), slow_subscribers: 10 }
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { enabled: true, token: None, token_file: None }
+    }
+}
+
+impl Default for SysSection {
+    fn default() -> Self {
+        SysSection { interval_secs: 30, client_events: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +135,8 @@ pub struct ListenerSection {
     pub tcp: SocketAddr,
     /// The gRPC consumer API.
     pub grpc: SocketAddr,
+    /// HTTP: Prometheus `/metrics` and the REST admin API `/api/v1`.
+    pub http: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +180,9 @@ impl Default for Config {
             node_id: "axle-1".into(),
             auth: AuthSection::default(),
             protection: ProtectionSection::default(),
+            metrics: MetricsSection::default(),
+            admin: AdminSection::default(),
+            sys: SysSection::default(),
         }
     }
 }
@@ -154,7 +217,11 @@ impl Default for MqttSection {
 
 impl Default for ListenerSection {
     fn default() -> Self {
-        ListenerSection { tcp: SocketAddr::from(([0, 0, 0, 0], 1883)), grpc: SocketAddr::from(([0, 0, 0, 0], 50051)) }
+        ListenerSection {
+            tcp: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            grpc: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http: SocketAddr::from(([0, 0, 0, 0], 18083)),
+        }
     }
 }
 
@@ -328,14 +395,14 @@ impl Default for FlappingSection {
 
 impl AuthSection {
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let bad = |m: String| Err(ConfigError::invalid("auth.chain", m));
         for (i, a) in self.chain.iter().enumerate() {
             if self.chain[..i].contains(a) {
-                return bad(format!("auth.chain names {a:?} twice"));
+                return bad(format!("names {a:?} twice"));
             }
         }
         match (&self.jwt, self.chain.contains(&AuthenticatorKind::Jwt)) {
-            (None, true) => return bad("auth.chain names jwt but there is no [auth.jwt] section".into()),
+            (None, true) => return bad("names jwt but there is no [auth.jwt] section".into()),
             (Some(j), _) => j.validate()?,
             (None, false) => {}
         }
@@ -345,7 +412,7 @@ impl AuthSection {
 
 impl JwtSection {
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(format!("auth.jwt: {m}")));
+        let bad = |m: &str| Err(ConfigError::invalid("auth.jwt", m));
         match self.algorithm {
             JwtAlgorithm::HS256 => {
                 if self.secret.is_none() {
@@ -374,47 +441,54 @@ impl ProtectionSection {
     fn validate(&self) -> Result<(), ConfigError> {
         let f = &self.flapping;
         if f.enabled && (f.max_connects == 0 || f.window_secs == 0 || f.ban_secs == 0) {
-            return Err(ConfigError::Invalid(
-                "protection.flapping: max_connects, window_secs and ban_secs must be at least 1".into(),
+            return Err(ConfigError::invalid(
+                "protection.flapping",
+                "max_connects, window_secs and ban_secs must be at least 1 when enabled",
             ));
         }
         Ok(())
     }
 }
 
-/// A configuration problem, naming the file and what is wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
-}
+pub use load::ConfigError;
 
 impl Config {
-    /// Reads and validates a TOML file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
+    /// Checks values the types cannot: errors name the dotted key (`load.rs` adds the line).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.mqtt.receive_maximum == 0 || self.mqtt.max_inflight == 0 {
-            return bad("mqtt.receive_maximum and mqtt.max_inflight must be at least 1".into());
+        let bad = |k: &str, m: &str| Err(ConfigError::invalid(k, m));
+        if self.mqtt.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum", "must be at least 1");
+        }
+        if self.mqtt.max_inflight == 0 {
+            return bad("mqtt.max_inflight", "must be at least 1");
         }
         if self.mqtt.max_packet_size < 64 {
-            return bad("mqtt.max_packet_size must be at least 64 bytes".into());
+            return bad("mqtt.max_packet_size", "must be at least 64 bytes");
         }
-        for a in &self.auto_subscribe {
+        if self.default_stream_partitions == 0 {
+            return bad("default_stream_partitions", "must be at least 1");
+        }
+        if let Err(e) = self.log.fsync.parse::<axle_log::FsyncPolicy>() {
+            return bad("log.fsync", &e.to_string());
+        }
+        if !["auto", "io_uring", "pwrite"].contains(&self.log.io_backend.as_str()) {
+            return bad("log.io_backend", "must be auto, io_uring or pwrite");
+        }
+        for (i, a) in self.auto_subscribe.iter().enumerate() {
             if a.qos > 2 {
-                return bad(format!("auto_subscribe {}: qos must be 0, 1 or 2", a.filter));
+                return bad(&format!("auto_subscribe[{i}].qos"), "must be 0, 1 or 2");
             }
+        }
+        for (i, f) in self.metrics.topics.iter().enumerate() {
+            if let Err(e) = crate::codec::topic::validate_topic_filter(f) {
+                return bad(&format!("metrics.topics[{i}]"), &e.to_string());
+            }
+            if f.starts_with("$share/") {
+                return bad(&format!("metrics.topics[{i}]"), "must be a plain topic filter, not a shared subscription");
+            }
+        }
+        if self.node_id.is_empty() || self.node_id.contains(['/', '+', '#']) {
+            return bad("node_id", "must be non-empty and free of `/`, `+` and `#` (it is a $SYS topic level)");
         }
         self.stream_configs()?;
         self.auth.validate()?;
@@ -426,9 +500,13 @@ impl Config {
     pub fn stream_configs(&self) -> Result<Vec<StreamConfig>, ConfigError> {
         self.streams
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let key: PartitionKey =
-                    s.key.parse().map_err(|e: String| ConfigError::Invalid(format!("stream {}: {e}", s.name)))?;
+                    s.key.parse().map_err(|e: String| ConfigError::invalid(format!("streams[{i}].key"), e))?;
+                if s.partitions == 0 {
+                    return Err(ConfigError::invalid(format!("streams[{i}].partitions"), "must be at least 1"));
+                }
                 Ok(StreamConfig { name: s.name.clone(), filters: s.filters.clone(), partitions: s.partitions, key })
             })
             .collect()
