@@ -270,7 +270,7 @@ impl Connection {
             (requested, None)
         };
         let info = crate::hub::ClientInfo {
-            username: c.username.clone(),
+            username: identity.username.clone(),
             peer: peer.clone(),
             protocol: if v == ProtocolVersion::V5 { 5 } else { 4 },
             connected_at_ms: now,

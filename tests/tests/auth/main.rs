@@ -7,6 +7,7 @@ mod common;
 mod acl;
 mod jwt;
 mod protection;
+mod rest;
 mod users;
 
 use std::io::Write;
