@@ -6,9 +6,9 @@
 mod load;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 #[cfg(test)]
 use std::path::Path;
+use std::path::PathBuf;
 
 use axle_engine::{PartitionKey, StreamConfig};
 use serde::Deserialize;
