@@ -2,6 +2,7 @@
 //! thin wrappers over real clients (rumqttc, raw TCP, Python paho-mqtt, mosquitto CLI).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod mqtt;
 pub mod raw;
 pub mod tools;
@@ -89,6 +90,13 @@ impl Broker {
         } else {
             format!("--- previous run ---\n{}\n--- server log ---\n{}", tail(&previous), tail(&current))
         }
+    }
+
+    /// The address the `[[listeners.mqtt]]` listener `name` bound.
+    pub fn listener(&self, name: &str) -> std::net::SocketAddr {
+        self.server
+            .listener_addr(name, WAIT)
+            .unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
     }
 
     /// Whether the server process is still running.
