@@ -19,6 +19,9 @@ use super::ListenerError;
 use crate::config::{PeerCertAsUsername, TlsSection};
 use crate::connection::CertIdentity;
 
+/// Resumable QUIC sessions kept for 0-RTT (most recent first out).
+const QUIC_SESSION_CACHE: usize = 16 * 1024;
+
 /// Builds the rustls server configuration. `alpn` is offered as is; `quic` restricts the
 /// versions to TLS 1.3 and allows 0-RTT (as QUIC requires `max_early_data_size` = u32::MAX).
 pub fn server_config(name: &str, t: &TlsSection, alpn: &[&[u8]], quic: bool) -> Result<ServerConfig, ListenerError> {
@@ -71,9 +74,14 @@ pub fn server_config(name: &str, t: &TlsSection, alpn: &[&[u8]], quic: bool) -> 
         tls_err(format!("the key {} does not fit the certificate {}: {e}", t.key.display(), t.cert.display()))
     })?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| tls_err(format!("session tickets: {e}")))?;
     if quic {
+        // rustls allows early data only with stateful resumption: tickets name sessions kept
+        // in this cache (entries, about 100 bytes each).
         cfg.max_early_data_size = u32::MAX;
+        cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+    } else {
+        // Stateless tickets: resumption without a server-side cache.
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| tls_err(format!("session tickets: {e}")))?;
     }
     Ok(cfg)
 }
