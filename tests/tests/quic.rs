@@ -180,3 +180,63 @@ async fn quic_with_the_wrong_alpn_is_refused() {
     assert!(matches!(r, Ok(Err(_))), "handshake fails");
     assert!(t.broker.server.wait_for_output("QUIC handshake failed", WAIT), "{}", t.broker.log());
 }
+
+/// EMQX-style multi-stream mode: the first stream is the control stream; SUBACKs and
+/// deliveries go out on the stream that subscribed, acknowledgements on the stream that
+/// published, PINGRESP on the control stream.
+#[tokio::test]
+async fn quic_multi_stream_routes_acks_and_deliveries_to_their_streams() {
+    let t = start();
+    let e = endpoint(&t.client);
+    let (conn, mut control) = mqtt(&e, t.addr, "q-multi").await;
+    let mut sub_a = Stream::open(&conn).await;
+    sub_a.send(&raw::subscribe(5, 1, "ms/a/#", 1)).await;
+    let mut sub_b = Stream::open(&conn).await;
+    sub_b.send(&raw::subscribe(5, 2, "ms/b/#", 2)).await;
+    let ack_a = sub_a.expect(9, "SUBACK on the stream that subscribed to ms/a/#").await;
+    assert_eq!(&ack_a.body[..2], &1u16.to_be_bytes());
+    let ack_b = sub_b.expect(9, "SUBACK on the stream that subscribed to ms/b/#").await;
+    assert_eq!(&ack_b.body[..2], &2u16.to_be_bytes());
+
+    let mut publ = Stream::open(&conn).await;
+    publ.send(&raw::publish(5, "ms/a/x", 1, 10, b"for-a")).await;
+    let ack = publ.expect(4, "PUBACK on the publishing stream").await;
+    assert_eq!(&ack.body[..2], &10u16.to_be_bytes());
+    publ.send(&raw::publish(5, "ms/b/y", 2, 11, b"for-b")).await;
+    let rec = publ.expect(5, "PUBREC on the publishing stream").await;
+    assert_eq!(&rec.body[..2], &11u16.to_be_bytes());
+    publ.send(&raw::pubrel(11)).await;
+    let comp = publ.expect(7, "PUBCOMP on the stream of the PUBREL").await;
+    assert_eq!(&comp.body[..2], &11u16.to_be_bytes());
+
+    let got_a = sub_a.expect(3, "ms/a/x delivered on stream A").await;
+    assert!(got_a.body.ends_with(b"for-a"), "{got_a:?}");
+    // Delivered at QoS 1 (the subscription's maximum); acknowledged on its own stream.
+    let id = &got_a.body[2 + 6..2 + 6 + 2];
+    sub_a.send(&raw::packet(0x40, &[id[0], id[1]])).await;
+    let got_b = sub_b.expect(3, "ms/b/y delivered on stream B").await;
+    assert!(got_b.body.ends_with(b"for-b"), "{got_b:?}");
+    // QoS 2 towards the client: PUBREC from the client on B, the broker's PUBREL on B.
+    let id_at = 2 + 6;
+    let id_b = [got_b.body[id_at], got_b.body[id_at + 1]];
+    sub_b.send(&raw::packet(0x50, &id_b)).await;
+    let rel = sub_b.expect(6, "the broker's PUBREL on stream B").await;
+    assert_eq!(&rel.body[..2], &id_b);
+    sub_b.send(&raw::packet(0x70, &id_b)).await;
+
+    control.send(&[0xC0, 0]).await;
+    let first = control.next().await.expect("a packet on the control stream");
+    assert_eq!(first.kind(), 13, "only PINGRESP on the control stream, nothing routed there: {first:?}");
+}
+
+#[tokio::test]
+async fn quic_oversized_packet_on_a_data_stream_is_refused_before_buffering() {
+    let t = start();
+    let e = endpoint(&t.client);
+    let (conn, mut control) = mqtt(&e, t.addr, "q-big").await;
+    let mut data = Stream::open(&conn).await;
+    // A PUBLISH announcing 2 MiB (the default maximum is 1 MiB); only the header is sent.
+    data.send(&[0x30, 0x80, 0x80, 0x80, 0x01]).await;
+    let d = control.expect(14, "DISCONNECT").await;
+    assert_eq!(d.body[0], 0x95, "Packet too large: {d:?}");
+}

@@ -20,6 +20,8 @@ use crate::hub::Hub;
 pub mod flush;
 pub mod proxy_protocol;
 pub mod quic;
+pub mod quic_routes;
+mod quic_streams;
 mod tcp;
 pub mod tls;
 pub mod ws;

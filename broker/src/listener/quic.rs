@@ -1,7 +1,9 @@
 //! MQTT over QUIC (quinn, ALPN `mqtt`, TLS 1.3 only, 0-RTT accepted).
 //!
-//! The client opens a bidirectional stream; it carries the MQTT connection (EMQX's
-//! single-stream mode). The QUIC connection may move to a new client address (migration):
+//! The first bidirectional stream the client opens carries the MQTT connection (EMQX's
+//! single-stream mode) and is its control stream; further client-opened streams carry
+//! PUBLISH and SUBSCRIBE with their acknowledgements and deliveries (EMQX's multi-stream
+//! mode; see `quic_streams.rs` and `quic_routes.rs`). The QUIC connection may move to a new client address (migration):
 //! quinn validates the new path and the MQTT session goes on; `PeerInfo::addr` stays the
 //! address the connection started from.
 
@@ -13,6 +15,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::quic_streams::QuicStreams;
 use super::{tls, Bound, ListenerError};
 use crate::config::MqttListenerSection;
 use crate::connection::{PeerInfo, Transport};
@@ -86,7 +89,9 @@ pub(super) async fn spawn(hub: Arc<Hub>, cfg: &MqttListenerSection) -> Result<Bo
                 let cert = tls::identity(chain.as_deref().map(Vec::as_slice));
                 let cert_username = tls::cert_username(cert.as_ref(), mode);
                 let peer = PeerInfo { addr, listener: name, transport: Transport::Quic, cert, cert_username };
-                crate::connection::serve_until(hub, tokio::io::join(recv, send), peer, deadline).await;
+                let max_packet = hub.config.mqtt.max_packet_size;
+                let streams = QuicStreams::new(conn.clone(), send, recv, max_packet);
+                crate::connection::serve_until(hub, streams, peer, deadline).await;
                 // The stream is finished; give the client a moment to read the rest and close.
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 conn.close(0u32.into(), b"");
