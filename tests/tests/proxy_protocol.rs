@@ -87,10 +87,11 @@ fn haproxy_ssl_cn_becomes_the_username_and_the_real_address_is_logged() {
     let front = free_port();
     let _lb = haproxy(dir.path(), &ca, front, port);
     let tls = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["--cafile", s(&ca.path), "--cert", s(&car.cert), "--key", s(&car.key), "-V", "mqttv5"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
+        let mut a: Vec<String> =
+            ["--cafile", s(&ca.path), "--cert", s(&car.cert), "--key", s(&car.key), "-V", "mqttv5"]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
         a.extend(extra.iter().map(|x| x.to_string()));
         a
     };
@@ -111,9 +112,18 @@ fn haproxy_ssl_cn_becomes_the_username_and_the_real_address_is_logged() {
     );
     assert!(out.status.success(), "mosquitto_pub via haproxy: {}", String::from_utf8_lossy(&out.stderr));
     let got = wait_output(sub, Duration::from_secs(30));
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "via-haproxy", "{}\n{}", String::from_utf8_lossy(&got.stderr), b.log());
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "via-haproxy",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        b.log()
+    );
     let log = b.log();
-    let line = log.lines().find(|l| l.contains("client connected") && l.contains("client_id=behind-lb")).expect("connected line");
+    let line = log
+        .lines()
+        .find(|l| l.contains("client connected") && l.contains("client_id=behind-lb"))
+        .expect("connected line");
     assert!(line.contains("peer=127.0.0.1:"), "the client's address (127.0.0.1), not HAProxy's (127.0.0.3): {line}");
     assert!(!log.contains("peer=127.0.0.3"), "the balancer's address is never taken for the client's:\n{log}");
 }
@@ -163,7 +173,11 @@ fn malformed_proxy_v2_header_is_refused() {
     bytes.extend(raw::connect(5, "broken", 30));
     r.send(&bytes);
     assert!(r.read_until_closed().is_empty());
-    assert!(b.server.wait_for_output("PROXY header refused: the PROXY v2 address block is 4 bytes", WAIT), "{}", b.log());
+    assert!(
+        b.server.wait_for_output("PROXY header refused: the PROXY v2 address block is 4 bytes", WAIT),
+        "{}",
+        b.log()
+    );
 }
 
 #[test]

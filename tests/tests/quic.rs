@@ -169,7 +169,12 @@ async fn quic_connection_survives_a_client_address_change() {
         assert!(got.body.ends_with(format!("after-move-{i}").as_bytes()), "{got:?}");
     }
     assert!(conn.close_reason().is_none(), "the QUIC connection is still open");
-    assert_eq!(t.broker.log().matches("client_id=q-mover").count(), 1, "one MQTT session, no reconnect:\n{}", t.broker.log());
+    assert_eq!(
+        t.broker.log().matches("client_id=q-mover").count(),
+        1,
+        "one MQTT session, no reconnect:\n{}",
+        t.broker.log()
+    );
 }
 
 #[tokio::test]

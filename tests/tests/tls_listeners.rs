@@ -124,7 +124,13 @@ fn client_certificate_common_name_becomes_the_username() {
     // The CONNECT username "someone-else" is replaced by the CN, so `u/%u/#` covers u/car-7/#.
     let (published, got) = round_trip(&t, &car, Some("someone-else"), "u/car-7/status");
     assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "over-tls", "{}\n{}", String::from_utf8_lossy(&got.stderr), t.broker.log());
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "over-tls",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        t.broker.log()
+    );
 }
 
 #[test]
@@ -136,7 +142,11 @@ fn acl_uses_the_certificate_name_not_the_connect_username() {
     args.extend(["-V", "mqttv5", "-u", "car-9", "-t", "u/car-9/#", "-E", "-i", "sneaky"]);
     let out = wait_output(mosquitto_sub(t.port, &args), Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("subscription requests were denied"), "u/car-9/# must be refused to car-8: {stderr}\n{}", t.broker.log());
+    assert!(
+        stderr.contains("subscription requests were denied"),
+        "u/car-9/# must be refused to car-8: {stderr}\n{}",
+        t.broker.log()
+    );
 }
 
 /// mosquitto_pub fails, and the broker logs the handshake failure with `reason`.

@@ -15,7 +15,13 @@ fn check_messages(out: &serde_json::Value, b: &Broker) {
         .as_array()
         .unwrap_or_else(|| panic!("no messages in {out}\n{}", b.log()))
         .iter()
-        .map(|m| (m["topic"].as_str().unwrap_or("").to_string(), m["payload_len"].as_u64().unwrap_or(0), m["qos"].as_u64().unwrap_or(9)))
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap_or("").to_string(),
+                m["payload_len"].as_u64().unwrap_or(0),
+                m["qos"].as_u64().unwrap_or(9),
+            )
+        })
         .collect();
     let want = vec![
         ("ws/q0".to_string(), 4, 0),

@@ -83,7 +83,9 @@ pub async fn spawn(hub: Arc<Hub>, cfg: &MqttListenerSection) -> Result<Bound, Li
             let tls = match (&cfg.tls, cfg.kind) {
                 // No ALPN: MQTT/TLS clients rarely offer one, and rustls would refuse a
                 // client offering only protocols not in the list.
-                (Some(t), ListenerKind::Tls | ListenerKind::Wss) => Some(Arc::new(tls::server_config(&cfg.name, t, &[], false)?)),
+                (Some(t), ListenerKind::Tls | ListenerKind::Wss) => {
+                    Some(Arc::new(tls::server_config(&cfg.name, t, &[], false)?))
+                }
                 _ => None,
             };
             tcp::spawn(hub, cfg, tls, max_message).await

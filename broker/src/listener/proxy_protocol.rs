@@ -36,7 +36,9 @@ pub struct ProxyHeader {
 /// Why bytes are not a valid PROXY header. The connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    #[error("the connection does not start with a PROXY protocol header; the listener expects one (proxy_protocol = true)")]
+    #[error(
+        "the connection does not start with a PROXY protocol header; the listener expects one (proxy_protocol = true)"
+    )]
     Missing,
     #[error("the PROXY v1 header has no CRLF within {V1_MAX_LEN} bytes")]
     V1TooLong,
@@ -261,7 +263,10 @@ mod tests {
 
     #[test]
     fn v1_garbage_is_refused() {
-        assert_eq!(parse(b"PROXY TCP4 192.0.2.7 10.0.0.1 50000\r\n"), Err(ProxyError::V1Malformed("expected source, destination and two ports")));
+        assert_eq!(
+            parse(b"PROXY TCP4 192.0.2.7 10.0.0.1 50000\r\n"),
+            Err(ProxyError::V1Malformed("expected source, destination and two ports"))
+        );
         assert!(matches!(parse(b"PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"), Err(ProxyError::V1Malformed(_))));
         assert!(matches!(parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n"), Err(ProxyError::V1Malformed(_))));
         assert!(matches!(parse(b"PROXY UDP4 1.2.3.4 5.6.7.8 1 1\r\n"), Err(ProxyError::V1Malformed(_))));

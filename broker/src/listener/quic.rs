@@ -43,9 +43,7 @@ pub(super) async fn spawn(hub: Arc<Hub>, cfg: &MqttListenerSection) -> Result<Bo
         addr,
         source,
     })?;
-    let local = endpoint
-        .local_addr()
-        .map_err(|source| ListenerError::Bind { name: cfg.name.clone(), addr, source })?;
+    let local = endpoint.local_addr().map_err(|source| ListenerError::Bind { name: cfg.name.clone(), addr, source })?;
     let name: Arc<str> = cfg.name.as_str().into();
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let handshake_timeout = Duration::from_millis(cfg.handshake_timeout_ms);

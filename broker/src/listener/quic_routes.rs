@@ -261,7 +261,11 @@ mod tests {
         let mut r = routes();
         r.inbound(1, &subscribe(1, "v/+/cmd"));
         r.inbound(2, &subscribe(2, "$share/g/ota/#"));
-        let suback = bytes(&Packet::SubAck(SubAck { packet_id: 2, reasons: vec![crate::codec::ReasonCode::Success], properties: Default::default() }));
+        let suback = bytes(&Packet::SubAck(SubAck {
+            packet_id: 2,
+            reasons: vec![crate::codec::ReasonCode::Success],
+            properties: Default::default(),
+        }));
         assert_eq!(r.outbound(&suback), 2);
         assert_eq!(r.outbound(&publish("v/car1/cmd", QoS::AtLeastOnce, Some(40))), 1);
         assert_eq!(r.outbound(&publish("ota/model/notice", QoS::AtMostOnce, None)), 2);

@@ -54,7 +54,11 @@ impl QuicStreams {
         recv: quinn::RecvStream,
         max_packet: u32,
     ) -> QuicStreams {
-        let shared = Arc::new(Shared { routes: Mutex::new(Routes::default()), queued: AtomicUsize::new(0), drained: AtomicWaker::new() });
+        let shared = Arc::new(Shared {
+            routes: Mutex::new(Routes::default()),
+            queued: AtomicUsize::new(0),
+            drained: AtomicWaker::new(),
+        });
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let (new_tx, new_writers) = mpsc::unbounded_channel();
         let control = writer(shared.clone(), send);
@@ -73,7 +77,15 @@ impl QuicStreams {
                 }
             })
         };
-        QuicStreams { shared, rx, reading: Bytes::new(), writing: BytesMut::new(), writers: vec![control], new_writers, acceptor }
+        QuicStreams {
+            shared,
+            rx,
+            reading: Bytes::new(),
+            writing: BytesMut::new(),
+            writers: vec![control],
+            new_writers,
+            acceptor,
+        }
     }
 
     /// Routes every whole packet in `writing` to its stream's writer.

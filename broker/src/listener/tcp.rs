@@ -101,7 +101,8 @@ async fn handle(hub: Arc<Hub>, setup: Arc<Setup>, mut stream: TcpStream, socket_
         ListenerKind::Wss => Transport::Wss,
         _ => Transport::Tcp,
     };
-    let mut peer = PeerInfo { addr: socket_addr, listener: setup.name.clone(), transport, cert: None, cert_username: None };
+    let mut peer =
+        PeerInfo { addr: socket_addr, listener: setup.name.clone(), transport, cert: None, cert_username: None };
     let rest = if setup.proxy_protocol {
         match timed(deadline, read_proxy_header(&mut stream)).await {
             Ok((header, rest)) => {
@@ -116,10 +117,12 @@ async fn handle(hub: Arc<Hub>, setup: Arc<Setup>, mut stream: TcpStream, socket_
     let io = Prefixed::new(rest, stream);
     match (setup.kind, &setup.tls) {
         (ListenerKind::Tcp, _) => crate::connection::serve_until(hub, io, peer, deadline).await,
-        (ListenerKind::Ws, _) => match timed(deadline, async { Ok(ws::accept(io, &setup.path, setup.max_message).await?) }).await {
-            Ok(ws) => crate::connection::serve_until(hub, AutoFlush::new(ws), peer, deadline).await,
-            Err(e) => refuse(&setup, peer.addr, e),
-        },
+        (ListenerKind::Ws, _) => {
+            match timed(deadline, async { Ok(ws::accept(io, &setup.path, setup.max_message).await?) }).await {
+                Ok(ws) => crate::connection::serve_until(hub, AutoFlush::new(ws), peer, deadline).await,
+                Err(e) => refuse(&setup, peer.addr, e),
+            }
+        }
         (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => {
             let tls = match timed(deadline, async { acceptor.accept(io).await.map_err(HandshakeError::Tls) }).await {
                 Ok(t) => t,
@@ -130,7 +133,11 @@ async fn handle(hub: Arc<Hub>, setup: Arc<Setup>, mut stream: TcpStream, socket_
             if setup.kind == ListenerKind::Tls {
                 crate::connection::serve_until(hub, AutoFlush::new(tls), peer, deadline).await;
             } else {
-                match timed(deadline, async { Ok(ws::accept(AutoFlush::new(tls), &setup.path, setup.max_message).await?) }).await {
+                match timed(deadline, async {
+                    Ok(ws::accept(AutoFlush::new(tls), &setup.path, setup.max_message).await?)
+                })
+                .await
+                {
                     Ok(ws) => crate::connection::serve_until(hub, AutoFlush::new(ws), peer, deadline).await,
                     Err(e) => refuse(&setup, peer.addr, e),
                 }
@@ -181,4 +188,3 @@ fn apply_proxy_header(peer: &mut PeerInfo, header: ProxyHeader, mode: PeerCertAs
         peer.cert = Some(id);
     }
 }
-

@@ -126,8 +126,7 @@ fn read_certs(name: &str, path: &Path, what: &'static str) -> Result<Vec<Certifi
 }
 
 fn read_crls(name: &str, path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ListenerError> {
-    let file_err =
-        |message: String| ListenerError::File { name: name.into(), what: "CRL", path: path.into(), message };
+    let file_err = |message: String| ListenerError::File { name: name.into(), what: "CRL", path: path.into(), message };
     let crls = CertificateRevocationListDer::pem_file_iter(path)
         .map_err(|e| file_err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()

@@ -40,6 +40,8 @@ where
     config.max_frame_size = Some(max_message);
     // Write each message at once: the connection loop writes whole batches of packets.
     config.write_buffer_size = 0;
+    // The callback's signature is tungstenite's (`Callback`), large error type included.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             return Err(refusal(StatusCode::NOT_FOUND, format!("MQTT over WebSocket is served at {path}")));

@@ -30,7 +30,8 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name = name(cn);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.key_identifier_method = KeyIdMethod::Sha256;
         let key = KeyPair::generate().expect("CA key");
         let cert = params.self_signed(&key).expect("CA certificate");
@@ -41,14 +42,23 @@ impl Ca {
 
     /// The server certificate for `localhost` and 127.0.0.1.
     pub fn server(&self, dir: &Path) -> Pair {
-        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
         params.distinguished_name = name("localhost");
         self.sign(dir, "server", params)
     }
 
     /// A client certificate with common name `cn`, serial `serial`, valid from `not_before`
     /// to `not_after` (relative to now), with `cn` also as a DNS SAN.
-    pub fn client(&self, dir: &Path, file: &str, cn: &str, serial: u64, not_before: Duration, not_after: Duration) -> Pair {
+    pub fn client(
+        &self,
+        dir: &Path,
+        file: &str,
+        cn: &str,
+        serial: u64,
+        not_before: Duration,
+        not_after: Duration,
+    ) -> Pair {
         let mut params = CertificateParams::new(vec![format!("{cn}.example")]).expect("params");
         params.distinguished_name = name(cn);
         params.serial_number = Some(SerialNumber::from(serial));

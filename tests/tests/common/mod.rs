@@ -94,9 +94,7 @@ impl Broker {
 
     /// The address the `[[listeners.mqtt]]` listener `name` bound.
     pub fn listener(&self, name: &str) -> std::net::SocketAddr {
-        self.server
-            .listener_addr(name, WAIT)
-            .unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
+        self.server.listener_addr(name, WAIT).unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
     }
 
     /// Whether the server process is still running.
