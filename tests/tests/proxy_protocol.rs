@@ -47,7 +47,9 @@ impl Drop for Haproxy {
 /// Starts HAProxy in the foreground: mutual TLS on `front`, PROXY v2 with the client CN to the
 /// broker on `back`, connecting from 127.0.0.3 so that the balancer's address differs from the
 /// client's (127.0.0.1).
-fn haproxy(dir: &std::path::Path, ca: &Ca, front: u16, back: u16) -> Haproxy {
+/// With `mutual`, clients must present a certificate signed by `ca`.
+fn haproxy(dir: &std::path::Path, ca: &Ca, front: u16, back: u16, mutual: bool) -> Haproxy {
+    let verify = if mutual { format!("ca-file {} verify required", s(&ca.path)) } else { String::new() };
     let server = ca.server(dir);
     let pem = dir.join("haproxy.pem");
     std::fs::write(&pem, format!("{}{}", server.cert_pem, server.key_pem)).expect("crt");
@@ -56,10 +58,9 @@ fn haproxy(dir: &std::path::Path, ca: &Ca, front: u16, back: u16) -> Haproxy {
         &cfg,
         format!(
             "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend mqtts\n  bind 127.0.0.1:{front} ssl crt {pem} ca-file {ca} verify required\n  default_backend axle\n\
+             frontend mqtts\n  bind 127.0.0.1:{front} ssl crt {pem} {verify}\n  default_backend axle\n\
              backend axle\n  server axle 127.0.0.1:{back} send-proxy-v2-ssl-cn source 127.0.0.3\n",
             pem = s(&pem),
-            ca = s(&ca.path),
         ),
     )
     .expect("haproxy.cfg");
@@ -85,7 +86,7 @@ fn haproxy_ssl_cn_becomes_the_username_and_the_real_address_is_logged() {
     let ca = Ca::new(dir.path(), "ca", "Axle Test CA");
     let car = ca.valid_client(dir.path(), "car42", "car-42", 42);
     let front = free_port();
-    let _lb = haproxy(dir.path(), &ca, front, port);
+    let _lb = haproxy(dir.path(), &ca, front, port, true);
     let tls = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> =
             ["--cafile", s(&ca.path), "--cert", s(&car.cert), "--key", s(&car.key), "-V", "mqttv5"]
@@ -126,6 +127,26 @@ fn haproxy_ssl_cn_becomes_the_username_and_the_real_address_is_logged() {
         .expect("connected line");
     assert!(line.contains("peer=127.0.0.1:"), "the client's address (127.0.0.1), not HAProxy's (127.0.0.3): {line}");
     assert!(!log.contains("peer=127.0.0.3"), "the balancer's address is never taken for the client's:\n{log}");
+}
+
+#[test]
+fn haproxy_in_front_of_a_websocket_listener_with_proxy_protocol() {
+    let b = Broker::with_config(
+        "[[listeners.mqtt]]\nname = \"ws-lb\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = true\n",
+    );
+    let port = b.listener("ws-lb").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "ca", "Axle Test CA");
+    let front = free_port();
+    let _lb = haproxy(dir.path(), &ca, front, port, false);
+    // paho over wss to HAProxy, which forwards the WebSocket bytes behind a PROXY v2 header.
+    let out = common::tools::run_python("websocket.py", &["--port", &front.to_string(), "--tls-ca", s(&ca.path)]);
+    assert_eq!(out["messages"].as_array().map(Vec::len), Some(4), "{out}\n{}", b.log());
+    let log = b.log();
+    assert!(
+        log.contains("client_id=ws-sub") && !log.contains("peer=127.0.0.3"),
+        "the client's address is logged:\n{log}"
+    );
 }
 
 #[test]
