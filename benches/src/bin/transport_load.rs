@@ -45,6 +45,9 @@ struct Args {
     /// The broker's `--fsync` policy (`never` isolates the transport from the disk).
     #[arg(long, default_value = "never")]
     fsync: String,
+    /// Runs of each measurement; the median is printed.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// The axle binary (default: beside this one).
     #[arg(long)]
     axle_bin: Option<PathBuf>,
@@ -63,18 +66,24 @@ struct Target {
     kind: Kind,
     addr: SocketAddr,
     tls: tokio_rustls::TlsConnector,
-    quic: quinn::ClientConfig,
+    /// One client UDP socket for all QUIC connections (quinn multiplexes them on it).
+    quic: quinn::Endpoint,
 }
 
 type Io = Box<dyn AsyncReadWrite>;
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
-/// A QUIC connection's MQTT stream; the endpoint and connection live as long as it.
+/// A QUIC connection's MQTT stream; closes the connection when dropped.
 struct QuicIo {
     io: tokio::io::Join<quinn::RecvStream, quinn::SendStream>,
-    _conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl Drop for QuicIo {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"");
+    }
 }
 
 impl AsyncRead for QuicIo {
@@ -123,11 +132,9 @@ impl Target {
                 Box::new(self.tls.connect(ServerName::try_from("localhost")?, s).await?)
             }
             Kind::Quic => {
-                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-                endpoint.set_default_client_config(self.quic.clone());
-                let conn = endpoint.connect(self.addr, "localhost")?.await?;
+                let conn = self.quic.connect(self.addr, "localhost")?.await?;
                 let (send, recv) = conn.open_bi().await?;
-                Box::new(QuicIo { io: tokio::io::join(recv, send), _conn: conn, _endpoint: endpoint })
+                Box::new(QuicIo { io: tokio::io::join(recv, send), conn })
             }
         })
     }
@@ -183,6 +190,11 @@ impl Client {
         }
     }
 
+    /// A packet already in the read buffer, without reading.
+    fn buffered(&mut self) -> anyhow::Result<Option<Packet>> {
+        codec::decode(&mut self.rbuf, Some(ProtocolVersion::V311), u32::MAX).map_err(|e| anyhow::anyhow!("decode: {e}"))
+    }
+
     async fn disconnect(mut self) {
         if self.send(&Packet::Disconnect(Default::default())).is_ok() && self.flush().await.is_ok() {
             let _ = self.io.shutdown().await;
@@ -220,13 +232,13 @@ async fn setup_rate(target: &Target, workers: usize, secs: u64) -> anyhow::Resul
 }
 
 /// PUBACKs per second from `publishers` clients with `window` QoS 1 messages in flight each.
-async fn fan_in(target: &Target, a: &Args) -> anyhow::Result<f64> {
+async fn fan_in(target: &Target, a: &Args, run: usize) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let payload = Bytes::from(vec![b'x'; a.size]);
     let mut clients = Vec::new();
     for p in 0..a.publishers {
-        clients.push(Client::connect(target, &format!("fan-in-{:?}-{p}", target.kind)).await?);
+        clients.push(Client::connect(target, &format!("fan-in-{:?}-{run}-{p}", target.kind)).await?);
     }
     let mut tasks = Vec::new();
     for (p, mut c) in clients.into_iter().enumerate() {
@@ -253,11 +265,17 @@ async fn fan_in(target: &Target, a: &Args) -> anyhow::Result<f64> {
                 if inflight == 0 {
                     break;
                 }
-                if let Packet::PubAck(_) = c.next().await? {
-                    inflight -= 1;
-                    if !stop.load(Ordering::Relaxed) {
-                        acked.fetch_add(1, Ordering::Relaxed);
+                // One acknowledgement awaited, then every one already received, then refill:
+                // one write per batch, as a real client's event loop does.
+                let mut p = Some(c.next().await?);
+                while let Some(packet) = p {
+                    if let Packet::PubAck(_) = packet {
+                        inflight -= 1;
+                        if !stop.load(Ordering::Relaxed) {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
+                    p = c.buffered()?;
                 }
             }
             c.disconnect().await;
@@ -354,8 +372,10 @@ fn targets(dir: &Path, addrs: [SocketAddr; 3]) -> anyhow::Result<Vec<Target>> {
         Ok(c)
     };
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client(None)?));
-    let quic =
+    let quic_cfg =
         quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client(Some(b"mqtt"))?)?));
+    let mut quic = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    quic.set_default_client_config(quic_cfg);
     let [tcp_addr, tls_addr, quic_addr] = addrs;
     Ok([(Kind::Tcp, tcp_addr), (Kind::Tls, tls_addr), (Kind::Quic, quic_addr)]
         .into_iter()
@@ -374,18 +394,35 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("transport-load-").tempdir_in(std::env::current_dir()?)?;
     let (_axle, addrs) = start_axle(&bin, dir.path(), &a.fsync)?;
-    let targets = targets(dir.path(), addrs)?;
     let rt = tokio::runtime::Runtime::new()?;
+    let targets = {
+        let _guard = rt.enter();
+        targets(dir.path(), addrs)?
+    };
     println!(
-        "transport-load: {} s per figure; setup: {} workers; fan-in: {} publishers x {} in flight, {} B, fsync {}",
-        a.secs, a.setup_workers, a.publishers, a.window, a.size, a.fsync
+        "transport-load: median of {} runs of {} s; setup: {} workers; fan-in: {} publishers x {} in flight, {} B, fsync {}",
+        a.runs, a.secs, a.setup_workers, a.publishers, a.window, a.size, a.fsync
     );
+    let mut setups: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut fans: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    // Runs interleave the transports, so a load change on the machine hits all of them.
+    for run in 0..a.runs {
+        for (i, t) in targets.iter().enumerate() {
+            let setup = rt.block_on(setup_rate(t, a.setup_workers, a.secs)).with_context(|| format!("{:?} setup", t.kind))?;
+            let fan = rt.block_on(fan_in(t, &a, run)).with_context(|| format!("{:?} fan-in", t.kind))?;
+            println!("run {run} {:>5?}: setup {setup:>9.0} conn/s   fan-in {fan:>9.0} msg/s", t.kind);
+            setups[i].push(setup);
+            fans[i].push(fan);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut rows = Vec::new();
-    for t in &targets {
-        let setup =
-            rt.block_on(setup_rate(t, a.setup_workers, a.secs)).with_context(|| format!("{:?} setup", t.kind))?;
-        let fan = rt.block_on(fan_in(t, &a)).with_context(|| format!("{:?} fan-in", t.kind))?;
-        println!("{:>5?}: setup {setup:>9.0} conn/s   fan-in {fan:>9.0} msg/s", t.kind);
+    for (i, t) in targets.iter().enumerate() {
+        let (setup, fan) = (median(&mut setups[i]), median(&mut fans[i]));
+        println!("median {:>5?}: setup {setup:>9.0} conn/s   fan-in {fan:>9.0} msg/s", t.kind);
         rows.push((t.kind, setup, fan));
     }
     let (_, tcp_setup, tcp_fan) = rows[0];
