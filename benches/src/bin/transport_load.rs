@@ -408,7 +408,8 @@ fn main() -> anyhow::Result<()> {
     // Runs interleave the transports, so a load change on the machine hits all of them.
     for run in 0..a.runs {
         for (i, t) in targets.iter().enumerate() {
-            let setup = rt.block_on(setup_rate(t, a.setup_workers, a.secs)).with_context(|| format!("{:?} setup", t.kind))?;
+            let setup =
+                rt.block_on(setup_rate(t, a.setup_workers, a.secs)).with_context(|| format!("{:?} setup", t.kind))?;
             let fan = rt.block_on(fan_in(t, &a, run)).with_context(|| format!("{:?} fan-in", t.kind))?;
             println!("run {run} {:>5?}: setup {setup:>9.0} conn/s   fan-in {fan:>9.0} msg/s", t.kind);
             setups[i].push(setup);
