@@ -161,6 +161,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), "tcp".into(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
+        let mut listeners = Vec::new();
+        for l in &hub.config.listeners.mqtt {
+            let bound = axle_broker::listener::spawn(hub.clone(), l).await?;
+            tracing::info!(listener = %l.name, kind = ?l.kind, addr = %bound.local, "listener bound");
+            listeners.push(bound.task);
+        }
         let (grpc_addr, grpc_task) = axle_broker::grpc::serve(hub.clone(), grpc)
             .await
             .with_context(|| format!("binding the gRPC API on {grpc}"))?;
@@ -176,6 +182,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
         }
         accept.abort();
+        for l in &listeners {
+            l.abort();
+        }
         grpc_task.abort();
         http_task.abort();
         let open = hub.shut_down_connections(Duration::from_secs(10)).await;

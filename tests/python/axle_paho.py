@@ -65,7 +65,7 @@ class Client:
     """A connected paho client that records messages and the disconnect reason."""
 
     def __init__(self, port, client_id, v5=True, clean=True, expiry=None, keepalive=30, will=None,
-                 manual_ack=False, connect_props=None):
+                 manual_ack=False, connect_props=None, transport="tcp", ws_path=None, tls_ca=None):
         self.cond = threading.Condition()
         self.messages = []
         self.connack = None
@@ -77,7 +77,11 @@ class Client:
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kwargs = {} if v5 else {"clean_session": clean}
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
-                             manual_ack=manual_ack, **kwargs)
+                             manual_ack=manual_ack, transport=transport, **kwargs)
+        if ws_path is not None:
+            self.c.ws_set_options(path=ws_path)
+        if tls_ca is not None:
+            self.c.tls_set(ca_certs=tls_ca)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_disconnect = self._on_disconnect

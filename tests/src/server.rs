@@ -104,6 +104,23 @@ impl Server {
         Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string())
     }
 
+    /// The address a `[[listeners.mqtt]]` listener named `name` bound (its "listener bound"
+    /// log line), waiting up to `timeout`.
+    pub fn listener_addr(&self, name: &str, timeout: Duration) -> Option<std::net::SocketAddr> {
+        let start = Instant::now();
+        let needle = format!(" listener={name} ");
+        while start.elapsed() < timeout {
+            let out = self.output();
+            if let Some(line) = out.lines().rev().find(|l| l.contains("listener bound") && l.contains(&needle)) {
+                let at = line.find(" addr=")? + " addr=".len();
+                let addr: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+                return addr.parse().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The port of `field=ADDR` in the latest "axle serving" line, waiting up to `timeout`.
     fn wait_port(&self, field: &str, timeout: Duration) -> Option<u16> {
         let start = Instant::now();

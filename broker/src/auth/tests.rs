@@ -162,8 +162,13 @@ fn the_chain_order_decides_between_users_and_jwt() {
 fn x509_identity_comes_from_the_peer_certificate() {
     let d = door("[auth]\nchain = [\"x509\", \"users\"]\n");
     let cert = CertIdentity { common_name: Some("VIN42".into()), subject_alt_names: vec!["vin42.example".into()] };
-    let tls =
-        PeerInfo { addr: REMOTE.parse().unwrap(), listener: "tls".into(), transport: Transport::Tls, cert: Some(cert) };
+    let tls = PeerInfo {
+        addr: REMOTE.parse().unwrap(),
+        listener: "tls".into(),
+        transport: Transport::Tls,
+        cert: Some(cert),
+        cert_username: None,
+    };
     let id = login(&d, &tls, "car42", None, None).unwrap();
     assert_eq!((id.username.as_deref(), id.by), (Some("VIN42"), "x509"));
     // No certificate: x509 ignores, users does not know the name, refused.
@@ -187,8 +192,13 @@ fn banned_clients_get_0x8a_by_client_id_username_authenticated_name_or_address()
     assert!(login(&d, &peer(REMOTE), "old", None, None).is_ok(), "an expired ban no longer applies");
     // The certificate names VIN13: banned although the CONNECT carried no username.
     let cert = CertIdentity { common_name: Some("VIN13".into()), subject_alt_names: vec![] };
-    let tls =
-        PeerInfo { addr: REMOTE.parse().unwrap(), listener: "tls".into(), transport: Transport::Tls, cert: Some(cert) };
+    let tls = PeerInfo {
+        addr: REMOTE.parse().unwrap(),
+        listener: "tls".into(),
+        transport: Transport::Tls,
+        cert: Some(cert),
+        cert_username: None,
+    };
     assert_eq!(reason(login(&d, &tls, "car13", None, None)), ReasonCode::Banned);
 }
 

@@ -39,7 +39,13 @@ mod tests {
     use crate::connection::{CertIdentity, PeerInfo, Transport};
 
     fn peer(cert: Option<CertIdentity>) -> PeerInfo {
-        PeerInfo { addr: "10.1.2.3:4000".parse().unwrap(), listener: "tls".into(), transport: Transport::Tls, cert }
+        PeerInfo {
+            addr: "10.1.2.3:4000".parse().unwrap(),
+            listener: "tls".into(),
+            transport: Transport::Tls,
+            cert,
+            cert_username: None,
+        }
     }
 
     fn username(a: &X509Authenticator, p: &PeerInfo, sent: Option<&str>) -> Option<Option<String>> {

@@ -3,7 +3,10 @@
 //! override the file (see `load.rs`). `axle.toml.example` at the repository root lists every
 //! key with its default and unit.
 
+mod listeners;
 mod load;
+
+pub use listeners::{ListenerKind, MqttListenerSection, PeerCertAsUsername, TlsSection};
 
 use std::net::SocketAddr;
 #[cfg(test)]
@@ -139,6 +142,8 @@ pub struct ListenerSection {
     pub grpc: SocketAddr,
     /// HTTP: Prometheus `/metrics` and the REST admin API `/api/v1`.
     pub http: SocketAddr,
+    /// Further MQTT listeners, any number (`[[listeners.mqtt]]`), beside `tcp` above.
+    pub mqtt: Vec<MqttListenerSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +228,7 @@ impl Default for ListenerSection {
             tcp: SocketAddr::from(([0, 0, 0, 0], 1883)),
             grpc: SocketAddr::from(([0, 0, 0, 0], 50051)),
             http: SocketAddr::from(([0, 0, 0, 0], 18083)),
+            mqtt: Vec::new(),
         }
     }
 }

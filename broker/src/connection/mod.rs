@@ -48,8 +48,17 @@ enum End {
     Network,
 }
 
-/// Serves one connection until it ends.
-pub async fn serve<S>(hub: Arc<Hub>, mut io: S, peer: PeerInfo)
+/// Serves one connection until it ends; CONNECT must arrive within 10 s.
+pub async fn serve<S>(hub: Arc<Hub>, io: S, peer: PeerInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    serve_until(hub, io, peer, Instant::now() + CONNECT_TIMEOUT).await
+}
+
+/// Serves one connection until it ends; CONNECT must have been read by `connect_deadline`
+/// (a listener's handshake timeout, counted from accept).
+pub async fn serve_until<S>(hub: Arc<Hub>, mut io: S, peer: PeerInfo, connect_deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -61,7 +70,7 @@ where
     let _open = crate::metrics::OpenConnection(listener);
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let max_packet = hub.config.mqtt.max_packet_size;
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut io, &mut rbuf, max_packet)).await {
+    let connect = match tokio::time::timeout_at(connect_deadline, read_connect(&mut io, &mut rbuf, max_packet)).await {
         Ok(Ok(c)) => c,
         Ok(Err(reply)) => {
             if let Some((packet, version)) = reply {
@@ -74,11 +83,12 @@ where
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "no CONNECT within {CONNECT_TIMEOUT:?}; closed");
+            tracing::info!(%peer, listener = %peer.listener, "no CONNECT within the handshake timeout; closed");
             return;
         }
     };
     let version = connect.protocol;
+    let connect = peer::apply_cert_username(connect, &peer);
     let mut conn = match Connection::accept(hub.clone(), connect, peer).await {
         Ok(c) => c,
         Err(connack) => {

@@ -49,12 +49,15 @@ pub struct PeerInfo {
     pub transport: Transport,
     /// Set when the client presented a verified certificate (directly or via PROXY v2).
     pub cert: Option<CertIdentity>,
+    /// The username the listener's `peer_cert_as_username` takes from `cert`; when set it
+    /// replaces the CONNECT username (as EMQX does).
+    pub cert_username: Option<String>,
 }
 
 impl PeerInfo {
     /// A plain TCP connection accepted by `listener`.
     pub fn tcp(addr: SocketAddr, listener: Arc<str>) -> PeerInfo {
-        PeerInfo { addr, listener, transport: Transport::Tcp, cert: None }
+        PeerInfo { addr, listener, transport: Transport::Tcp, cert: None, cert_username: None }
     }
 }
 
@@ -62,4 +65,16 @@ impl std::fmt::Display for PeerInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.addr)
     }
+}
+
+/// `peer_cert_as_username`: the certificate's username, when the listener set one, replaces
+/// the CONNECT username before authentication sees it.
+pub(crate) fn apply_cert_username(mut c: crate::codec::Connect, peer: &PeerInfo) -> crate::codec::Connect {
+    if let Some(u) = &peer.cert_username {
+        if c.username.as_deref() != Some(u) {
+            tracing::debug!(%peer, username = %u, "username taken from the client certificate");
+        }
+        c.username = Some(u.clone());
+    }
+    c
 }

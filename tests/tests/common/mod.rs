@@ -2,6 +2,7 @@
 //! thin wrappers over real clients (rumqttc, raw TCP, Python paho-mqtt, mosquitto CLI).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod http;
 pub mod mqtt;
 pub mod raw;
@@ -96,6 +97,11 @@ impl Broker {
     pub fn http(&self) -> http::Http {
         let port = self.server.wait_http_port(WAIT).expect("the broker logs its HTTP port");
         http::Http::new(port, self.server.admin_token().expect("the broker wrote its admin token"))
+    }
+
+    /// The address the `[[listeners.mqtt]]` listener `name` bound.
+    pub fn listener(&self, name: &str) -> std::net::SocketAddr {
+        self.server.listener_addr(name, WAIT).unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
     }
 
     /// Whether the server process is still running.

@@ -200,7 +200,7 @@ impl Raw {
     }
 }
 
-fn parse(buf: &[u8]) -> Option<(RawPacket, usize)> {
+pub fn parse(buf: &[u8]) -> Option<(RawPacket, usize)> {
     if buf.len() < 2 {
         return None;
     }
