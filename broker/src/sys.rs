@@ -36,7 +36,7 @@ fn message(topic: String, payload: String, retain: bool) -> Message {
         qos: 0,
         retain,
         publisher: String::new(),
-        payload_format_utf8: Some(true),
+        payload_format_utf8: None,
         expires_at: None,
         content_type: None,
         response_topic: None,

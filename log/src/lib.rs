@@ -155,7 +155,9 @@ impl Log {
             .spawn(move || writer.run())
             .map_err(|e| LogError::io(&dir, e))?;
         let recovered = reports.values().filter(|r| !r.clean).count();
-        if recovered == 0 {
+        if names.is_empty() {
+            tracing::info!(dir = %dir.display(), backend = backend_name, "log opened (empty)");
+        } else if recovered == 0 {
             tracing::info!(dir = %dir.display(), backend = backend_name, partitions = names.len(), "log opened; previous shutdown was clean, no recovery needed");
         } else {
             tracing::warn!(dir = %dir.display(), backend = backend_name, partitions = names.len(), recovered, "log opened after an unclean shutdown; partitions recovered");

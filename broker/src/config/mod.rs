@@ -6,6 +6,8 @@
 mod load;
 
 use std::net::SocketAddr;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 use axle_engine::{PartitionKey, StreamConfig};
@@ -516,6 +518,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../axle.toml.example");
+        let cfg = Config::load_with_env(Some(&path), std::iter::empty()).expect("axle.toml.example is valid");
+        let d = Config::default();
+        assert_eq!(cfg.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(cfg.log.segment_bytes, d.log.segment_bytes);
+        assert_eq!(cfg.listeners.http, d.listeners.http);
+        assert_eq!(cfg.sys.interval_secs, d.sys.interval_secs);
+        assert_eq!(cfg.mqtt.max_session_expiry, d.mqtt.max_session_expiry);
+    }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {

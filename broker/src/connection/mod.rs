@@ -55,6 +55,10 @@ where
 {
     hub.connections.fetch_add(1, Ordering::AcqRel);
     let _counted = Counted(hub.clone());
+    let listener = hub.metrics.listener(&peer.listener);
+    listener.accepted.fetch_add(1, Ordering::Relaxed);
+    listener.open.fetch_add(1, Ordering::Relaxed);
+    let _open = crate::metrics::OpenConnection(listener);
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let max_packet = hub.config.mqtt.max_packet_size;
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut io, &mut rbuf, max_packet)).await {

@@ -73,9 +73,14 @@ fn router(state: HttpState) -> Router {
     app.fallback(|| async { ApiError::not_found("no such resource") }).with_state(state)
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    match crate::metrics::render(&s.hub) {
-        Ok(body) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response(),
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let content_type = if openmetrics { crate::metrics::OPENMETRICS } else { crate::metrics::PROMETHEUS_TEXT };
+    match crate::metrics::render(&s.hub, openmetrics) {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => ApiError::internal("could not encode the metrics").into_response(),
     }
 }

@@ -14,16 +14,61 @@ use prometheus_client::registry::{Registry, Unit};
 use super::DropReason;
 use crate::hub::Hub;
 
-/// The content type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the OpenMetrics output.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text output.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Encodes every metric of the broker.
-pub fn render(hub: &Arc<Hub>) -> Result<String, std::fmt::Error> {
+/// Encodes every metric of the broker: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else the classic Prometheus text format (curl, `promtool check metrics`).
+pub fn render(hub: &Arc<Hub>, openmetrics: bool) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("axle");
     registry.register_collector(Box::new(HubCollector(hub.clone())));
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+    Ok(if openmetrics { out } else { to_prometheus_text(&out) })
+}
+
+/// OpenMetrics → Prometheus text 0.0.4, for the output `prometheus-client` writes: a counter
+/// family's HELP and TYPE lines take the `_total` name its samples carry, and the `# UNIT`
+/// and `# EOF` lines (unknown to 0.0.4) go. Samples are the same in both formats.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(h) = help.replace(line) {
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let h = help.take();
+            if kind == "counter" && !name.ends_with("_total") {
+                if let Some(h) = h {
+                    let text = h.strip_prefix("# HELP ").and_then(|r| r.split_once(' ')).map_or("", |(_, t)| t);
+                    out.push_str(&format!("# HELP {name}_total {text}\n"));
+                }
+                out.push_str(&format!("# TYPE {name}_total counter\n"));
+            } else {
+                if let Some(h) = h {
+                    out.push_str(h);
+                    out.push('\n');
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 struct HubCollector(Arc<Hub>);
@@ -45,6 +90,11 @@ fn counters(
     samples: &[(Labels<'_>, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    if let [(labels, v)] = samples {
+        if labels.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
+    }
     for (labels, v) in samples {
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
     }
@@ -60,6 +110,11 @@ fn gauges(
     samples: &[(Labels<'_>, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    if let [(labels, v)] = samples {
+        if labels.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
+    }
     for (labels, v) in samples {
         ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
@@ -74,6 +129,11 @@ fn gauge_f64(
     samples: &[(Labels<'_>, f64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    if let [(labels, v)] = samples {
+        if labels.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
+    }
     for (labels, v) in samples {
         ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
@@ -90,8 +150,15 @@ impl Collector for HubCollector {
         let m = &hub.metrics;
         let engine = &hub.engine;
 
-        let info = [("version", env!("CARGO_PKG_VERSION")), ("node", hub.config.node_id.as_str())];
-        enc.encode_descriptor("build", "Build and node of this broker.", None, MetricType::Info)?.encode_info(&info)?;
+        // A gauge of 1 rather than OpenMetrics' `info` type, which the Prometheus text
+        // format (and `promtool check metrics`) does not know.
+        gauges(
+            &mut enc,
+            "build_info",
+            "Version and node name of this broker (always 1).",
+            None,
+            &[(vec![("version", env!("CARGO_PKG_VERSION")), ("node", hub.config.node_id.as_str())], 1)],
+        )?;
         gauges(
             &mut enc,
             "uptime",
@@ -240,12 +307,14 @@ impl Collector for HubCollector {
             &[(vec![], stats.fsyncs.load(Relaxed))],
         )?;
         let h = stats.sync_latency.snapshot();
-        let buckets: Vec<(f64, u64)> = h
-            .cumulative
-            .iter()
-            .map(|(b, c)| (*b as f64 / 1e6, *c))
-            .chain(std::iter::once((f64::MAX, h.count)))
-            .collect();
+        // The encoder wants per-bucket counts (it accumulates) and f64::MAX for +Inf.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(h.cumulative.len() + 1);
+        for (bound, cumulative) in &h.cumulative {
+            buckets.push((*bound as f64 / 1e6, cumulative - below));
+            below = *cumulative;
+        }
+        buckets.push((f64::MAX, h.count - below));
         enc.encode_descriptor(
             "log_fsync_duration",
             "Duration of one sync round of the log (the parallel fdatasync of every file it covers).",
@@ -284,5 +353,17 @@ impl Collector for HubCollector {
         )?;
 
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_prometheus_text;
+
+    #[test]
+    fn counters_take_their_total_name_in_prometheus_text() {
+        let om = "# HELP x_sent Sent.\n# TYPE x_sent counter\n# UNIT x_sent bytes\nx_sent_total{a=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(text, "# HELP x_sent_total Sent.\n# TYPE x_sent_total counter\nx_sent_total{a=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n");
     }
 }

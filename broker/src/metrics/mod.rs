@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 mod exposition;
 mod slow;
 
-pub use exposition::{render, CONTENT_TYPE};
+pub use exposition::{render, OPENMETRICS, PROMETHEUS_TEXT};
 pub use slow::{slow_subscribers, SlowSubscriber};
 
 /// Why a message was not delivered or not stored. The label values are stable (dashboards
@@ -65,6 +65,15 @@ pub struct ListenerStats {
     pub open: AtomicU64,
     /// Accepted since start.
     pub accepted: AtomicU64,
+}
+
+/// Holds one of a listener's open connections; gives it back when dropped.
+pub struct OpenConnection(pub Arc<ListenerStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Messages in and out on the topics matching one monitored filter.

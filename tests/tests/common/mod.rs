@@ -2,6 +2,7 @@
 //! thin wrappers over real clients (rumqttc, raw TCP, Python paho-mqtt, mosquitto CLI).
 #![allow(dead_code)]
 
+pub mod http;
 pub mod mqtt;
 pub mod raw;
 pub mod tools;
@@ -89,6 +90,12 @@ impl Broker {
         } else {
             format!("--- previous run ---\n{}\n--- server log ---\n{}", tail(&previous), tail(&current))
         }
+    }
+
+    /// The HTTP side (metrics, admin API with the generated token).
+    pub fn http(&self) -> http::Http {
+        let port = self.server.wait_http_port(WAIT).expect("the broker logs its HTTP port");
+        http::Http::new(port, self.server.admin_token().expect("the broker wrote its admin token"))
     }
 
     /// Whether the server process is still running.
