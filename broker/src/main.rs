@@ -96,6 +96,8 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
         cfg.data_dir = d.clone();
     }
     if let Some(f) = &args.fsync {
+        // Name the flag, not the config key, when the flag's value is the bad one.
+        f.parse::<axle_log::FsyncPolicy>().map_err(|e| anyhow::anyhow!("--fsync {f:?}: {e}"))?;
         cfg.log.fsync = f.clone();
     }
     if let Some(b) = &args.io_backend {

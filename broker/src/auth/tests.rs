@@ -382,3 +382,22 @@ fn malformed_acl_claims_are_refused() {
     let id = login(&d, &peer(LOCAL), "c", None, Some(good.as_bytes())).unwrap();
     assert_eq!(id.acl.map(|a| a.len()), Some(1));
 }
+
+#[test]
+fn the_session_guard_throttles_or_disconnects_as_configured() {
+    let t0 = Instant::now();
+    let throttle = door("[protection.rate_limit]\nmessages_per_sec = 10\nmessages_burst = 2\n");
+    let mut g = throttle.auth.guard(&Identity::default());
+    assert_eq!(g.on_publish(10, t0), RateDecision::Pass);
+    assert_eq!(g.on_publish(10, t0), RateDecision::Pass);
+    assert_eq!(g.on_publish(10, t0), RateDecision::Pause(t0 + Duration::from_millis(100)));
+    assert_eq!(g.throttled_until, Some(t0 + Duration::from_millis(100)));
+    assert_eq!(g.throttles, 1);
+    let cut = door("[protection.rate_limit]\nbytes_per_sec = 100\non_exceed = \"disconnect\"\n");
+    let mut g = cut.auth.guard(&Identity::default());
+    assert_eq!(g.on_publish(100, t0), RateDecision::Pass);
+    assert_eq!(g.on_publish(1, t0), RateDecision::Disconnect);
+    let unlimited = door("");
+    let mut g = unlimited.auth.guard(&Identity::default());
+    assert!((0..1000).all(|_| g.on_publish(1 << 20, t0) == RateDecision::Pass));
+}

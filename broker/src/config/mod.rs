@@ -535,6 +535,9 @@ mod tests {
         assert_eq!(cfg.listeners.http, d.listeners.http);
         assert_eq!(cfg.sys.interval_secs, d.sys.interval_secs);
         assert_eq!(cfg.mqtt.max_session_expiry, d.mqtt.max_session_expiry);
+        assert_eq!(cfg.auth.chain, d.auth.chain);
+        assert_eq!(cfg.protection.flapping.max_connects, d.protection.flapping.max_connects);
+        assert_eq!(cfg.protection.rate_limit.on_exceed, d.protection.rate_limit.on_exceed);
     }
 
     #[test]
