@@ -16,6 +16,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker until SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (with the `AXLE_…__…` environment overrides applied)
+    /// without starting the broker; exits non-zero naming the bad key, file and line.
+    Check {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +52,9 @@ pub struct ServeArgs {
     /// gRPC consumer API listen address [default: 0.0.0.0:50051].
     #[arg(long, env = "AXLE_GRPC")]
     pub grpc: Option<std::net::SocketAddr>,
+    /// HTTP listen address: Prometheus `/metrics` and the admin API `/api/v1` [default: 0.0.0.0:18083].
+    #[arg(long, env = "AXLE_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
     /// Truncate partitions at mid-log corruption instead of refusing to start.
     #[arg(long)]
     pub repair: bool,

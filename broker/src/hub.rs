@@ -44,6 +44,29 @@ pub struct SessionHandle {
     pub wake: Notify,
     /// Shared-subscription deliveries this session may still take (see `shared.rs`).
     pub shared_credit: AtomicI64,
+    /// Who the client is, for the admin API; subscriptions kept current by the connection.
+    pub info: Mutex<ClientInfo>,
+    pub stats: Arc<crate::metrics::ClientStats>,
+    /// Set by the admin API before it kicks the client: DISCONNECT 0x98, not 0x8E.
+    pub admin_kick: AtomicBool,
+}
+
+/// What the admin API shows of a connected client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub username: Option<String>,
+    pub peer: crate::connection::PeerInfo,
+    /// 4 for MQTT 3.1.1, 5 for MQTT 5.0.
+    pub protocol: u8,
+    /// When CONNACK was sent, in ms since the Unix epoch.
+    pub connected_at_ms: i64,
+    /// Effective keepalive, in seconds.
+    pub keep_alive_secs: u64,
+    pub clean_start: bool,
+    /// Session expiry interval granted, in seconds (0: ends with the connection).
+    pub expiry_secs: u32,
+    /// Filter as subscribed → granted QoS.
+    pub subscriptions: BTreeMap<String, u8>,
 }
 
 /// A connected client id: how to take it over and when it is gone.
@@ -68,23 +91,13 @@ pub struct Hub {
     pub pending_wills: Mutex<HashMap<String, Arc<Notify>>>,
     /// Access rules from `acl_file`; `None` allows everything.
     pub acl: Option<crate::acl::Acl>,
-    /// Counters read by the metrics endpoint and logged at shutdown.
-    pub counters: Counters,
+    /// Counters read by the metrics endpoint, `$SYS` and the admin API.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set to `true` at shutdown: every connection ends with DISCONNECT 0x8B and saves its
     /// session.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Connections being served (from accept to the end of `finish`).
     pub connections: std::sync::atomic::AtomicUsize,
-}
-
-/// Monotonic counters of events worth alerting on.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Messages skipped because an offline session's backlog exceeded
-    /// `mqtt.max_offline_messages` (policy: drop oldest).
-    pub offline_dropped: AtomicU64,
-    /// Publishes and subscriptions refused by the ACL.
-    pub acl_denied: AtomicU64,
 }
 
 /// Depth of a session's live delivery queue; past it the session reads from the log.
@@ -109,6 +122,7 @@ impl Hub {
             }
             Err(e) => tracing::error!(error = %e, "could not load retained messages"),
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new(&config.metrics.topics));
         Arc::new(Hub {
             engine,
             config,
@@ -120,7 +134,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             pending_wills: Mutex::new(HashMap::new()),
             acl,
-            counters: Counters::default(),
+            metrics,
             shutdown: tokio::sync::watch::channel(false).0,
             connections: std::sync::atomic::AtomicUsize::new(0),
         })
@@ -145,7 +159,7 @@ impl Hub {
     }
 
     /// Registers a connected session's delivery queue.
-    pub fn register(&self, client_id: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Delivery>) {
+    pub fn register(&self, client_id: &str, info: ClientInfo) -> (Arc<SessionHandle>, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let n = self.engine.partitions().len();
         let handle = Arc::new(SessionHandle {
@@ -156,9 +170,29 @@ impl Hub {
             overflowed: AtomicBool::new(false),
             wake: Notify::new(),
             shared_credit: AtomicI64::new(0),
+            info: Mutex::new(info),
+            stats: Arc::default(),
+            admin_kick: AtomicBool::new(false),
         });
         self.sessions.write().insert(handle.id, handle.clone());
         (handle, rx)
+    }
+
+    /// Disconnects `client_id` with DISCONNECT 0x98 (administrative action). Returns false if
+    /// it is not connected. Its session is kept or ends as its expiry says.
+    pub fn kick(&self, client_id: &str) -> bool {
+        let Some((id, kick)) = self.online.lock().get(client_id).map(|o| (o.id, o.kick.clone())) else { return false };
+        if let Some(h) = self.sessions.read().get(&id) {
+            h.admin_kick.store(true, Ordering::Release);
+        }
+        kick.notify_one();
+        true
+    }
+
+    /// The handle of connected client `client_id`.
+    pub fn connected(&self, client_id: &str) -> Option<Arc<SessionHandle>> {
+        let id = self.online.lock().get(client_id).map(|o| o.id)?;
+        self.sessions.read().get(&id).cloned()
     }
 
     pub fn unregister(&self, id: SubscriberId) {

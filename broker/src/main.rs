@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axle_broker::cli::{Cli, Command, ServeArgs};
+use axle_broker::cli::{Cli, Command, ConfigCommand, ServeArgs};
 use axle_broker::config::Config;
+use axle_broker::http::{HttpState, LogLevelControl};
 use axle_broker::hub::Hub;
 use axle_engine::{Engine, EngineConfig};
 use axle_log::{IoBackendKind, LogConfig};
@@ -20,26 +21,73 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
     }
 }
 
-fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// Installs the log subscriber; the returned control changes its filter at run time (the
+/// admin API's `/api/v1/log-level`).
+fn init_tracing(format: &str) -> anyhow::Result<LogLevelControl> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
+        "text" => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+        "json" => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
         other => bail!("--log-format {other:?} is not supported: use `text` or `json`"),
     }
-    Ok(())
+    let getter = handle.clone();
+    Ok(LogLevelControl::new(
+        move || getter.with_current(|f| f.to_string()).unwrap_or_default(),
+        move |spec| {
+            let f = EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        },
+    ))
+}
+
+/// The admin API's bearer token: from config, else from the token file, else a new random
+/// one written to the token file (mode 0600).
+fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.admin.token {
+        if t.len() < 16 {
+            bail!("admin.token must be at least 16 characters");
+        }
+        return Ok(t.clone());
+    }
+    let path = cfg.admin.token_file.clone().unwrap_or_else(|| cfg.data_dir.join("admin.token"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => bail!("admin token file {} is empty: delete it to have a new token generated", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the admin token file {}", path.display())),
+    }
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating the admin token file {}", path.display()))?;
+    f.write_all(token.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated an admin API token");
+    Ok(token)
 }
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
         Some(p) => Config::load(p)?,
-        None => Config::default(),
+        None => Config::from_env()?,
     };
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
@@ -55,6 +103,9 @@ fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(a) = args.grpc {
         cfg.listeners.grpc = a;
+    }
+    if let Some(a) = args.http {
+        cfg.listeners.http = a;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -79,7 +130,7 @@ fn log_config(cfg: &Config, repair: bool) -> anyhow::Result<LogConfig> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format)?;
+    let log_level = init_tracing(&args.log_format)?;
     let cfg = effective_config(&args)?;
     let acl = match &cfg.acl_file {
         Some(p) => Some(axle_broker::acl::Acl::load(p)?),
@@ -98,6 +149,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = cfg.data_dir.clone();
     let tcp = cfg.listeners.tcp;
     let grpc = cfg.listeners.grpc;
+    let http = cfg.listeners.http;
+    let token = if cfg.admin.enabled { Some(admin_token(&cfg)?) } else { None };
     let result = rt.block_on(async {
         let hub = Hub::new(engine.clone(), cfg, acl);
         hub.spawn_dispatchers();
@@ -112,7 +165,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (grpc_addr, grpc_task) = axle_broker::grpc::serve(hub.clone(), grpc)
             .await
             .with_context(|| format!("binding the gRPC API on {grpc}"))?;
-        tracing::info!(data_dir = %data_dir.display(), mqtt_tcp = %mqtt_addr, grpc = %grpc_addr, backend = engine.log().io_backend(), "axle serving");
+        let http_state = HttpState { hub: hub.clone(), token: token.map(Into::into), log_level };
+        let (http_addr, http_task) = axle_broker::http::serve(http_state, http)
+            .await
+            .with_context(|| format!("binding the HTTP (metrics and admin API) listener on {http}"))?;
+        axle_broker::sys::spawn(hub.clone());
+        tracing::info!(data_dir = %data_dir.display(), mqtt_tcp = %mqtt_addr, grpc = %grpc_addr, http = %http_addr, backend = engine.log().io_backend(), "axle serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
@@ -123,6 +181,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             l.abort();
         }
         grpc_task.abort();
+        http_task.abort();
         let open = hub.shut_down_connections(Duration::from_secs(10)).await;
         if open > 0 {
             tracing::warn!(open, "connections still open after 10 s; their sessions keep their last saved state");

@@ -43,6 +43,9 @@ pub struct Outbound {
     /// subscription id). Bounded by the retained messages matching one SUBSCRIBE.
     pub retained_waiting: VecDeque<(Arc<Message>, u8, Option<u32>)>,
     pub upgrade_qos: bool,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// This client's figures, shared with its `SessionHandle`.
+    pub client: Arc<crate::metrics::ClientStats>,
 }
 
 impl Outbound {
@@ -113,9 +116,6 @@ impl Outbound {
     /// QoS, subscription identifiers and retain-as-published for `msg`, from the session's
     /// non-shared subscriptions; `None` if none applies.
     fn grant(&self, s: &SessionState, msg: &Message) -> Option<(u8, Vec<u32>, bool)> {
-        if msg.expires_at.is_some_and(|x| x <= axle_engine::log::now_ms()) {
-            return None;
-        }
         let mut best: Option<u8> = None;
         let mut ids = Vec::new();
         let mut keep_retain = false;
@@ -131,7 +131,12 @@ impl Outbound {
             ids.extend(sub.id);
             keep_retain |= sub.retain_as_published;
         }
-        best.map(|q| (q, ids, keep_retain))
+        let best = best?;
+        if msg.expires_at.is_some_and(|x| x <= axle_engine::log::now_ms()) {
+            self.metrics.dropped(crate::metrics::DropReason::Expired, 1);
+            return None;
+        }
+        Some((best, ids, keep_retain))
     }
 
     /// A shared-subscription delivery: no cursor; waits in memory for window space.
@@ -264,10 +269,20 @@ impl Outbound {
         match codec::encoded_len(&packet, self.version) {
             Ok(n) if n as u64 <= u64::from(self.max_packet) => {}
             _ => {
+                self.metrics.dropped(crate::metrics::DropReason::TooLargeForClient, 1);
                 tracing::debug!(topic = %msg.topic, "message larger than the client's maximum packet size; skipped");
                 return false;
             }
         }
-        codec::encode(&packet, self.version, out).is_ok()
+        if codec::encode(&packet, self.version, out).is_err() {
+            return false;
+        }
+        let len = msg.payload.len();
+        self.metrics.message_out(&msg.topic, qos, len);
+        self.client.messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.client.bytes_out.fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        let latency_ms = u64::try_from(now - msg.timestamp).unwrap_or(0);
+        self.client.observe_delivery(latency_ms * 1000);
+        true
     }
 }

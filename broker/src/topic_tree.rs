@@ -37,6 +37,8 @@ pub enum Match<'a> {
 #[derive(Default, Debug)]
 pub struct TopicTree {
     root: Node,
+    /// Entries (subscriber or shared-group member under a filter) in the tree.
+    len: usize,
 }
 
 impl TopicTree {
@@ -52,13 +54,23 @@ impl TopicTree {
         };
         if !list.contains(&id) {
             list.push(id);
+            self.len += 1;
         }
     }
 
     /// Removes `id` from `filter`; prunes empty nodes. Returns whether it was there.
     pub fn remove(&mut self, filter: &str, group: Option<&str>, id: SubscriberId) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
-        remove_at(&mut self.root, &levels, group, id)
+        let removed = remove_at(&mut self.root, &levels, group, id);
+        if removed {
+            self.len -= 1;
+        }
+        removed
+    }
+
+    /// Subscriptions in the tree (one per subscriber and filter, shared members included).
+    pub fn len(&self) -> usize {
+        self.len
     }
 
     /// Calls `f` for every subscriber and shared group whose filter matches `topic`. A

@@ -140,8 +140,11 @@ impl Engine {
     pub fn partitions_for_filter(&self, filter: &str) -> Vec<(usize, Option<String>)> {
         let mut out = Vec::new();
         let mut taken: Vec<&str> = Vec::new();
+        let default = self.streams.streams().len() - 1;
         for (si, s) in self.streams.streams().iter().enumerate() {
-            let reachable = s.filters.iter().any(|f| topic::overlaps(f, filter));
+            // The default stream takes every topic no other stream takes, `$` topics too
+            // (its `#` does not match them, but routing sends them there).
+            let reachable = si == default || s.filters.iter().any(|f| topic::overlaps(f, filter));
             taken.extend(s.filters.iter().map(String::as_str));
             if !reachable {
                 continue;

@@ -106,6 +106,7 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
         let took = started.elapsed();
         if !ops.is_empty() {
             sync_ewma = (sync_ewma * 7 + took) / 8;
+            stats.sync_latency.observe(took);
         }
         stats.fsyncs.fetch_add(ops.len() as u64, Relaxed);
         stats.sync_micros.fetch_add(took.as_micros() as u64, Relaxed);

@@ -25,6 +25,7 @@ mod flusher;
 mod index;
 mod io;
 mod keys;
+mod latency;
 mod partition;
 mod reader;
 mod record;
@@ -46,6 +47,7 @@ use tokio::sync::oneshot;
 pub use batch::{BatchDefect, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN};
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
+pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
 pub use partition::{Bounds, KeyedRead};
 pub use reader::TailReader;
 pub use record::{now_ms, Header, Record, StoredRecord};
@@ -152,7 +154,14 @@ impl Log {
             .name("axle-log-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| LogError::io(&dir, e))?;
-        tracing::info!(dir = %dir.display(), backend = backend_name, partitions = names.len(), "log opened");
+        let recovered = reports.values().filter(|r| !r.clean).count();
+        if names.is_empty() {
+            tracing::info!(dir = %dir.display(), backend = backend_name, "log opened (empty)");
+        } else if recovered == 0 {
+            tracing::info!(dir = %dir.display(), backend = backend_name, partitions = names.len(), "log opened; previous shutdown was clean, no recovery needed");
+        } else {
+            tracing::warn!(dir = %dir.display(), backend = backend_name, partitions = names.len(), recovered, "log opened after an unclean shutdown; partitions recovered");
+        }
         Ok(Log {
             inner: Arc::new(LogInner {
                 dir,
@@ -269,7 +278,7 @@ impl Drop for LogInner {
 
 fn log_report(name: &str, r: &RecoveryReport) {
     if r.clean {
-        tracing::info!(partition = name, "clean shutdown detected; no recovery needed");
+        tracing::debug!(partition = name, "clean shutdown detected; no recovery needed");
     } else {
         tracing::info!(
             partition = name,

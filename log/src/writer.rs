@@ -40,6 +40,8 @@ pub struct WriterStats {
     pub fsyncs: std::sync::atomic::AtomicU64,
     /// Time the flusher spent in `fdatasync`, in microseconds.
     pub sync_micros: std::sync::atomic::AtomicU64,
+    /// Duration of each sync round (the parallel `fdatasync` of every file it covers).
+    pub sync_latency: crate::latency::LatencyHistogram,
 }
 
 /// Messages to the writer thread.

@@ -39,6 +39,9 @@ impl Server {
         if !extra.contains(&"--grpc") {
             cmd.args(["--grpc", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--http") {
+            cmd.args(["--http", "127.0.0.1:0"]);
+        }
         let child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -106,6 +109,16 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The HTTP (metrics, admin API) port from the latest "axle serving" line.
+    pub fn wait_http_port(&self, timeout: Duration) -> Option<u16> {
+        self.wait_port("http", timeout)
+    }
+
+    /// The admin API token the server generated in its data directory.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string())
     }
 
     /// The port of `field=ADDR` in the latest "axle serving" line, waiting up to `timeout`.

@@ -131,7 +131,7 @@ impl Drop for Axle {
 fn start_axle(bin: &Path, data: &Path, config: &Path) -> anyhow::Result<(Axle, u16)> {
     let log = data.with_extension("stderr.log");
     let child = Command::new(bin)
-        .args(["serve", "--mqtt-tcp", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--config"])
+        .args(["serve", "--mqtt-tcp", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data)

@@ -107,9 +107,18 @@ impl Broker {
             "axle" => {
                 let mut c =
                     Command::new(require_bin(&spec.axle_bin, "build it: cargo build --release -p axle-broker")?);
-                c.args(["serve", "--fsync", &spec.axle_fsync, "--mqtt-tcp", &format!("0.0.0.0:{port}"), "--data-dir"])
-                    .arg(dir.path().join("data"))
-                    .env("RUST_LOG", std::env::var("MQTT_LOAD_AXLE_LOG").unwrap_or_else(|_| "warn".into()));
+                c.args([
+                    "serve",
+                    "--fsync",
+                    &spec.axle_fsync,
+                    "--mqtt-tcp",
+                    &format!("0.0.0.0:{port}"),
+                    "--http",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                ])
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", std::env::var("MQTT_LOAD_AXLE_LOG").unwrap_or_else(|_| "warn".into()));
                 c
             }
             "mosquitto" => {

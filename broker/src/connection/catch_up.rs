@@ -12,8 +12,6 @@
 //! bound on the session's. Nothing of an offline session is held in memory, so the bound
 //! caps what a returning client is sent, not RAM.
 
-use std::sync::atomic::Ordering;
-
 use axle_engine::log::{LogError, StoredRecord};
 use axle_engine::Message;
 use bytes::BytesMut;
@@ -85,7 +83,7 @@ impl Connection {
                 c.catch_up = true;
             }
             self.session.dirty = true;
-            self.hub.counters.offline_dropped.fetch_add(dropped, Ordering::Relaxed);
+            self.hub.metrics.dropped(crate::metrics::DropReason::OfflineQueueFull, dropped);
             tracing::info!(client_id = %self.client_id, partition = pid, dropped, max, "offline backlog over max_offline_messages; oldest dropped");
         }
     }

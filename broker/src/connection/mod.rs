@@ -64,6 +64,10 @@ where
 {
     hub.connections.fetch_add(1, Ordering::AcqRel);
     let _counted = Counted(hub.clone());
+    let listener = hub.metrics.listener(&peer.listener);
+    listener.accepted.fetch_add(1, Ordering::Relaxed);
+    listener.open.fetch_add(1, Ordering::Relaxed);
+    let _open = crate::metrics::OpenConnection(listener);
     let mut rbuf = BytesMut::with_capacity(8 * 1024);
     let max_packet = hub.config.mqtt.max_packet_size;
     let connect = match tokio::time::timeout_at(connect_deadline, read_connect(&mut io, &mut rbuf, max_packet)).await {
@@ -201,7 +205,7 @@ impl Connection {
         if let (Some(acl), Some(w)) = (&hub.acl, &c.will) {
             if !acl.permits(&c.client_id, c.username.as_deref(), Action::Publish, &w.topic) {
                 tracing::info!(%peer, client_id = %c.client_id, topic = %w.topic, "will topic refused by the ACL");
-                hub.counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+                hub.metrics.dropped(crate::metrics::DropReason::AclDenied, 1);
                 return Err(refuse(v, ReasonCode::NotAuthorized));
             }
         }
@@ -277,7 +281,18 @@ impl Connection {
         } else {
             (requested, None)
         };
-        let (handle, rx) = hub.register(&client_id);
+        let info = crate::hub::ClientInfo {
+            username: c.username.clone(),
+            peer: peer.clone(),
+            protocol: if v == ProtocolVersion::V5 { 5 } else { 4 },
+            connected_at_ms: now,
+            keep_alive_secs: keep_alive.as_secs(),
+            clean_start: c.clean_start,
+            expiry_secs: expiry,
+            subscriptions: session.subscriptions.iter().map(|(f, s)| (f.clone(), s.qos)).collect(),
+        };
+        crate::sys::client_connected(&hub, &client_id, &info);
+        let (handle, rx) = hub.register(&client_id, info);
         if let Some(o) = hub.online.lock().get_mut(&client_id) {
             o.id = handle.id;
         }
@@ -291,6 +306,8 @@ impl Connection {
             shared_inflight: Default::default(),
             retained_waiting: VecDeque::new(),
             upgrade_qos: cfg.upgrade_qos,
+            metrics: hub.metrics.clone(),
+            client: handle.stats.clone(),
         };
         handle.shared_credit.store((outbound.window + crate::shared::MEMBER_QUEUE) as i64, Ordering::Release);
         tracing::info!(%peer, %client_id, version = ?v, clean_start = c.clean_start, session_present, "client connected");
@@ -460,6 +477,9 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = kick.notified() => {
+                    if self.handle.admin_kick.load(Ordering::Acquire) {
+                        return End::Server(ReasonCode::AdministrativeAction, "disconnected by an operator".into());
+                    }
                     return End::Server(ReasonCode::SessionTakenOver, "another connection took over this client id".into());
                 }
                 _ = shut_down(&mut shutdown) => {
@@ -627,6 +647,7 @@ impl Connection {
         self.gone_flag.store(true, Ordering::Release);
         self.gone.notify_waiters();
         tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = %why, "client disconnected");
+        crate::sys::client_disconnected(&self.hub, &self.client_id, &self.peer.to_string(), &why.to_string());
     }
 }
 

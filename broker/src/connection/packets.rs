@@ -35,6 +35,7 @@ impl Connection {
         }
         let send_retained = sub.group.is_none() && (sub.retain_handling == 0 || (sub.retain_handling == 1 && !existed));
         let (qos, id, inner) = (sub.qos, sub.id, sub.inner.clone());
+        self.handle.info.lock().subscriptions.insert(sub.filter.clone(), sub.qos);
         self.session.subscriptions.insert(sub.filter.clone(), sub);
         if send_retained {
             for m in self.hub.retained_matching(&inner, axle_engine::log::now_ms()) {
@@ -159,6 +160,7 @@ impl Connection {
         if p.topic.is_empty() || p.topic.starts_with('$') {
             if p.topic.starts_with('$') {
                 // `$` topics are the broker's; a client publish there is dropped.
+                self.hub.metrics.dropped(crate::metrics::DropReason::ReservedTopic, 1);
                 return self.ack_dropped(&p, out);
             }
             return Err(End::Server(ReasonCode::TopicNameInvalid, "empty topic name".into()));
@@ -181,6 +183,9 @@ impl Connection {
             let _ = codec::encode(&Packet::PubRec(PubAck { packet_id, ..Default::default() }), self.version, out);
             return Ok(());
         }
+        self.hub.metrics.message_in(&p.topic, qos, p.payload.len());
+        self.handle.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.handle.stats.bytes_in.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         let now = axle_engine::log::now_ms();
         let msg = Message {
             topic: p.topic,
@@ -212,8 +217,10 @@ impl Connection {
         if qos == 0 {
             // Fire and forget, but keep the order with later publishes: the append is
             // already queued.
+            let metrics = self.hub.metrics.clone();
             tokio::spawn(async move {
                 if let (_, _, Err(e)) = fut.await {
+                    metrics.dropped(crate::metrics::DropReason::AppendFailed, 1);
                     tracing::warn!(error = %e, "QoS 0 append failed; message dropped");
                 }
             });
@@ -265,6 +272,7 @@ impl Connection {
                 let _ = codec::encode(&Packet::PubRec(PubAck { packet_id, ..Default::default() }), self.version, out);
             }
             Err(e) if self.version == ProtocolVersion::V5 => {
+                self.hub.metrics.dropped(crate::metrics::DropReason::AppendFailed, 1);
                 tracing::error!(client_id = %self.client_id, error = %e, "append failed; publish refused");
                 let properties = AckProperties {
                     reason_string: Some("the broker could not store the message".into()),
@@ -275,6 +283,7 @@ impl Connection {
                 let _ = codec::encode(&p, self.version, out);
             }
             Err(e) => {
+                self.hub.metrics.dropped(crate::metrics::DropReason::AppendFailed, 1);
                 // MQTT 3.1.1 has no negative acknowledgement: close so the client retries.
                 tracing::error!(client_id = %self.client_id, error = %e, "append failed; closing the 3.1.1 connection");
                 return Err(End::Network);
@@ -334,7 +343,7 @@ impl Connection {
         let Some(acl) = &self.hub.acl else { return true };
         let ok = acl.permits(&self.client_id, self.username.as_deref(), action, target);
         if !ok {
-            self.hub.counters.acl_denied.fetch_add(1, Ordering::Relaxed);
+            self.hub.metrics.dropped(crate::metrics::DropReason::AclDenied, 1);
         }
         ok
     }
@@ -344,6 +353,7 @@ impl Connection {
         for f in u.filters {
             match self.session.subscriptions.remove(&f) {
                 Some(sub) => {
+                    self.handle.info.lock().subscriptions.remove(&f);
                     self.cursor_keys.clear();
                     self.hub.tree.write().remove(&sub.inner, sub.group.as_deref(), self.handle.id);
                     if let Some(g) = &sub.group {

@@ -101,7 +101,7 @@ fn group_status(e: GroupStoreError) -> Status {
     match e {
         GroupStoreError::Group(g) => match g {
             GroupError::UnknownMember { .. } => Status::not_found(g.to_string()),
-            GroupError::StaleGeneration { .. } | GroupError::NotOwner { .. } => {
+            GroupError::StaleGeneration { .. } | GroupError::NotOwner { .. } | GroupError::Active { .. } => {
                 Status::failed_precondition(g.to_string())
             }
             GroupError::StreamMismatch { .. } | GroupError::StrategyMismatch { .. } | GroupError::BadTimeout(_) => {

@@ -20,6 +20,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+mod describe;
+
+pub use describe::{GroupInfo, MemberInfo};
+
 /// How partitions are dealt to members (sorted by member id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -47,6 +51,8 @@ pub enum GroupError {
     NotOwner { group: String, member: String, partition: u32, generation: u64 },
     #[error("session timeout {0} ms is outside 1000..=300000")]
     BadTimeout(u32),
+    #[error("group {group} has live members: stop its consumers (or wait for their session timeout) before resetting offsets")]
+    Active { group: String },
 }
 
 /// A member's view after joining.
@@ -408,6 +414,11 @@ fn generation_key(group: &str) -> Vec<u8> {
     [b"gen\0".as_slice(), group.as_bytes()].concat()
 }
 
+/// The stream a group reads, recorded at join so that it is known after its members leave.
+fn stream_key(group: &str) -> Vec<u8> {
+    [b"stream\0".as_slice(), group.as_bytes()].concat()
+}
+
 fn offsets_prefix(group: &str) -> Vec<u8> {
     [b"off\0".as_slice(), group.as_bytes(), b"\0"].concat()
 }
@@ -456,6 +467,7 @@ impl Groups {
             self.coordinator.lock().join(group, stream, partitions, member_id, timeout_ms, strategy, now_ms)?;
         if changed {
             self.persist_generation(group, joined.generation)?;
+            self.meta.put(FAMILY, &stream_key(group), stream.as_bytes(), false)?;
         }
         Ok(joined)
     }

@@ -1,8 +1,14 @@
 //! Broker configuration: one TOML file, every key optional with a documented default, unknown
-//! keys refused with their name.
+//! keys refused with their name, file and line; `AXLE_SECTION__KEY` environment variables
+//! override the file (see `load.rs`). `axle.toml.example` at the repository root lists every
+//! key with its default and unit.
+
+mod load;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+#[cfg(test)]
+use std::path::Path;
 
 use axle_engine::{PartitionKey, StreamConfig};
 use serde::Deserialize;
@@ -22,8 +28,61 @@ pub struct Config {
     pub auto_subscribe: Vec<AutoSubscribe>,
     /// Path of an ACL file (see `docs/acl.md`); none allows everything.
     pub acl_file: Option<PathBuf>,
-    /// This broker's name in cluster metadata (the partition leader in `DescribeStream`).
+    /// This broker's name in cluster metadata (the partition leader in `DescribeStream`)
+    /// and in `$SYS/brokers/<node_id>/…`.
     pub node_id: String,
+    pub metrics: MetricsSection,
+    pub admin: AdminSection,
+    pub sys: SysSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Topic filters whose messages in and out are counted per filter
+    /// (`axle_topic_messages_*_total{filter=…}`). Each costs a match per message.
+    pub topics: Vec<String>,
+    /// How many of the slowest subscribers `/metrics` and the admin API list.
+    pub slow_subscribers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Serve the REST admin API under `/api/v1` on `listeners.http`.
+    pub enabled: bool,
+    /// Bearer token for `/api/v1`. Unset: read from `token_file`, and when that file does
+    /// not exist a random token is generated into it (mode 0600) at start-up.
+    pub token: Option<String>,
+    /// Where the token is kept [default: `<data_dir>/admin.token`].
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysSection {
+    /// Seconds between `$SYS/brokers/<node_id>/…` updates; 0 turns `$SYS` off.
+    pub interval_secs: u64,
+    /// Publish `$SYS/brokers/<node_id>/clients/<client_id>/connected|disconnected` events.
+    pub client_events: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { topics: Vec::new(), slow_subscribers: 10 }
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { enabled: true, token: None, token_file: None }
+    }
+}
+
+impl Default for SysSection {
+    fn default() -> Self {
+        SysSection { interval_secs: 30, client_events: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +132,8 @@ pub struct ListenerSection {
     pub tcp: SocketAddr,
     /// The gRPC consumer API.
     pub grpc: SocketAddr,
+    /// HTTP: Prometheus `/metrics` and the REST admin API `/api/v1`.
+    pub http: SocketAddr,
     /// Further MQTT listeners, any number (`[[listeners.mqtt]]`), beside `tcp` above.
     pub mqtt: Vec<MqttListenerSection>,
 }
@@ -198,42 +259,45 @@ impl MqttListenerSection {
         self.bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.kind.default_port())))
     }
 
-    /// Checks the combinations a listener needs; the certificate files are read when it starts.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(format!("listener {}: {m}", self.name)));
+    /// Checks the combinations a listener needs (`i`: its index in `listeners.mqtt`); the
+    /// certificate files are read when it starts.
+    pub fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let bad = |field: &str, m: String| {
+            Err(ConfigError::invalid(format!("listeners.mqtt[{i}].{field}"), format!("(listener {}) {m}", self.name)))
+        };
         let tls_kind = matches!(self.kind, ListenerKind::Tls | ListenerKind::Wss | ListenerKind::Quic);
         if tls_kind && self.tls.is_none() {
-            return bad(format!("kind {:?} needs a [listeners.mqtt.tls] section with cert and key", self.kind));
+            return bad("tls", format!("kind {:?} needs a [listeners.mqtt.tls] section with cert and key", self.kind));
         }
         if !tls_kind && self.tls.is_some() {
-            return bad("a tls section is only for kinds tls, wss and quic".into());
+            return bad("tls", "a tls section is only for kinds tls, wss and quic".into());
         }
         if self.proxy_protocol && !matches!(self.kind, ListenerKind::Tcp | ListenerKind::Ws) {
-            return bad("proxy_protocol is only supported on tcp and ws listeners".into());
+            return bad("proxy_protocol", "is only supported on tcp and ws listeners".into());
         }
         if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+            return bad("max_connections", "must be at least 1".into());
         }
         if self.handshake_timeout_ms == 0 {
-            return bad("handshake_timeout_ms must be at least 1".into());
+            return bad("handshake_timeout_ms", "must be at least 1".into());
         }
         if matches!(self.kind, ListenerKind::Ws | ListenerKind::Wss) && !self.path.starts_with('/') {
-            return bad(format!("path {:?} must start with /", self.path));
+            return bad("path", format!("{:?} must start with /", self.path));
         }
         if let Some(t) = &self.tls {
             if t.verify_peer && t.ca.is_none() {
-                return bad("tls.verify_peer needs tls.ca (the CA bundle client certificates chain to)".into());
+                return bad("tls.ca", "is needed by tls.verify_peer (the CA bundle client certificates chain to)".into());
             }
             if t.crl.is_some() && !t.verify_peer {
-                return bad("tls.crl only applies with tls.verify_peer = true".into());
+                return bad("tls.crl", "only applies with tls.verify_peer = true".into());
             }
             for v in &t.versions {
                 if v != "1.2" && v != "1.3" {
-                    return bad(format!("tls.versions: {v:?} is not supported; use \"1.2\" and/or \"1.3\""));
+                    return bad("tls.versions", format!("{v:?} is not supported; use \"1.2\" and/or \"1.3\""));
                 }
             }
             if t.versions.is_empty() {
-                return bad("tls.versions must name at least one version".into());
+                return bad("tls.versions", "must name at least one version".into());
             }
         }
         Ok(())
@@ -279,6 +343,9 @@ impl Default for Config {
             auto_subscribe: Vec::new(),
             acl_file: None,
             node_id: "axle-1".into(),
+            metrics: MetricsSection::default(),
+            admin: AdminSection::default(),
+            sys: SysSection::default(),
         }
     }
 }
@@ -316,52 +383,62 @@ impl Default for ListenerSection {
         ListenerSection {
             tcp: SocketAddr::from(([0, 0, 0, 0], 1883)),
             grpc: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http: SocketAddr::from(([0, 0, 0, 0], 18083)),
             mqtt: Vec::new(),
         }
     }
 }
 
-/// A configuration problem, naming the file and what is wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
-}
+pub use load::ConfigError;
 
 impl Config {
-    /// Reads and validates a TOML file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
+    /// Checks values the types cannot: errors name the dotted key (`load.rs` adds the line).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.mqtt.receive_maximum == 0 || self.mqtt.max_inflight == 0 {
-            return bad("mqtt.receive_maximum and mqtt.max_inflight must be at least 1".into());
+        let bad = |k: &str, m: &str| Err(ConfigError::invalid(k, m));
+        if self.mqtt.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum", "must be at least 1");
+        }
+        if self.mqtt.max_inflight == 0 {
+            return bad("mqtt.max_inflight", "must be at least 1");
         }
         if self.mqtt.max_packet_size < 64 {
-            return bad("mqtt.max_packet_size must be at least 64 bytes".into());
+            return bad("mqtt.max_packet_size", "must be at least 64 bytes");
         }
-        for a in &self.auto_subscribe {
+        if self.default_stream_partitions == 0 {
+            return bad("default_stream_partitions", "must be at least 1");
+        }
+        if let Err(e) = self.log.fsync.parse::<axle_log::FsyncPolicy>() {
+            return bad("log.fsync", &e.to_string());
+        }
+        if !["auto", "io_uring", "pwrite"].contains(&self.log.io_backend.as_str()) {
+            return bad("log.io_backend", "must be auto, io_uring or pwrite");
+        }
+        for (i, a) in self.auto_subscribe.iter().enumerate() {
             if a.qos > 2 {
-                return bad(format!("auto_subscribe {}: qos must be 0, 1 or 2", a.filter));
+                return bad(&format!("auto_subscribe[{i}].qos"), "must be 0, 1 or 2");
             }
+        }
+        for (i, f) in self.metrics.topics.iter().enumerate() {
+            if let Err(e) = crate::codec::topic::validate_topic_filter(f) {
+                return bad(&format!("metrics.topics[{i}]"), &e.to_string());
+            }
+            if f.starts_with("$share/") {
+                return bad(&format!("metrics.topics[{i}]"), "must be a plain topic filter, not a shared subscription");
+            }
+        }
+        if self.node_id.is_empty() || self.node_id.contains(['/', '+', '#']) {
+            return bad("node_id", "must be non-empty and free of `/`, `+` and `#` (it is a $SYS topic level)");
         }
         self.stream_configs()?;
         let mut names = std::collections::HashSet::new();
-        for l in &self.listeners.mqtt {
+        for (i, l) in self.listeners.mqtt.iter().enumerate() {
             if l.name == "tcp" || !names.insert(l.name.as_str()) {
-                return bad(format!("listener name {:?} is used twice (\"tcp\" is the [listeners] tcp one)", l.name));
+                return bad(
+                    &format!("listeners.mqtt[{i}].name"),
+                    &format!("{:?} is used twice (\"tcp\" is the [listeners] tcp one)", l.name),
+                );
             }
-            l.validate()?;
+            l.validate(i)?;
         }
         Ok(())
     }
@@ -370,9 +447,13 @@ impl Config {
     pub fn stream_configs(&self) -> Result<Vec<StreamConfig>, ConfigError> {
         self.streams
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let key: PartitionKey =
-                    s.key.parse().map_err(|e: String| ConfigError::Invalid(format!("stream {}: {e}", s.name)))?;
+                    s.key.parse().map_err(|e: String| ConfigError::invalid(format!("streams[{i}].key"), e))?;
+                if s.partitions == 0 {
+                    return Err(ConfigError::invalid(format!("streams[{i}].partitions"), "must be at least 1"));
+                }
                 Ok(StreamConfig { name: s.name.clone(), filters: s.filters.clone(), partitions: s.partitions, key })
             })
             .collect()
@@ -382,6 +463,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../axle.toml.example");
+        let cfg = Config::load_with_env(Some(&path), std::iter::empty()).expect("axle.toml.example is valid");
+        let d = Config::default();
+        assert_eq!(cfg.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(cfg.log.segment_bytes, d.log.segment_bytes);
+        assert_eq!(cfg.listeners.http, d.listeners.http);
+        assert_eq!(cfg.sys.interval_secs, d.sys.interval_secs);
+        assert_eq!(cfg.mqtt.max_session_expiry, d.mqtt.max_session_expiry);
+    }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
