@@ -6,9 +6,9 @@
 mod load;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 #[cfg(test)]
 use std::path::Path;
+use std::path::PathBuf;
 
 use axle_engine::{PartitionKey, StreamConfig};
 use serde::Deserialize;
@@ -286,7 +286,10 @@ impl MqttListenerSection {
         }
         if let Some(t) = &self.tls {
             if t.verify_peer && t.ca.is_none() {
-                return bad("tls.ca", "is needed by tls.verify_peer (the CA bundle client certificates chain to)".into());
+                return bad(
+                    "tls.ca",
+                    "is needed by tls.verify_peer (the CA bundle client certificates chain to)".into(),
+                );
             }
             if t.crl.is_some() && !t.verify_peer {
                 return bad("tls.crl", "only applies with tls.verify_peer = true".into());
