@@ -121,9 +121,41 @@ impl Acl {
         Ok(Acl { rules })
     }
 
+    /// Appends a rule that applies to every client (the form JWT `acl` claims take): `allow`
+    /// or deny, for `action` or, with `None`, for both. The filter may use `%c` and `%u`.
+    pub fn push_rule(&mut self, allow: bool, action: Option<Action>, filter: &str) -> Result<(), String> {
+        let probe = filter.replace("%c", "c").replace("%u", "u");
+        crate::codec::validate_topic_filter(&probe)
+            .map_err(|e| format!("`{filter}` is not a valid topic filter: {e}"))?;
+        let (publish, subscribe) = match action {
+            Some(Action::Publish) => (true, false),
+            Some(Action::Subscribe) => (false, true),
+            None => (true, true),
+        };
+        self.rules.push(Rule { allow, who: Who::All, publish, subscribe, filter: filter.to_string() });
+        Ok(())
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Whether `client_id` (with `username`) may publish to the topic name or subscribe to
-    /// the filter `target`. Shared-subscription filters are checked by their inner filter.
+    /// the filter `target`, denying what no rule applies to (the ACL file's own default).
+    /// Shared-subscription filters are checked by their inner filter.
     pub fn permits(&self, client_id: &str, username: Option<&str>, action: Action, target: &str) -> bool {
+        self.decide(client_id, username, action, target).unwrap_or(false)
+    }
+
+    /// The verdict of the first rule that applies (`Some(true)` allow, `Some(false)` deny),
+    /// or `None` when no rule does and the caller's default decides.
+    pub fn decide(&self, client_id: &str, username: Option<&str>, action: Action, target: &str) -> Option<bool> {
         for r in &self.rules {
             let who = match &r.who {
                 Who::All => true,
@@ -147,10 +179,10 @@ impl Acl {
                 (Action::Subscribe, false) => topic::overlaps(&filter, target),
             };
             if applies {
-                return r.allow;
+                return Some(r.allow);
             }
         }
-        false
+        None
     }
 }
 

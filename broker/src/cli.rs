@@ -19,6 +19,93 @@ pub enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage built-in users (the `users` authenticator). Opens the data directory, so the
+    /// broker must be stopped.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage the ban list (client ids, usernames, IP networks). Opens the data directory, so
+    /// the broker must be stopped.
+    #[command(subcommand)]
+    Ban(BanCommand),
+}
+
+/// Where the metadata store is: `--data-dir`, else the config file's `data_dir`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// TOML configuration file; its `data_dir` is used unless --data-dir is given.
+    #[arg(long, env = "AXLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the log and metadata [default: ./data].
+    #[arg(long, env = "AXLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user or replace its password. The password is read from the terminal
+    /// (twice, not echoed), or from standard input with --password-stdin; never from the
+    /// command line.
+    Add {
+        name: String,
+        /// Read the password from standard input (one line; a trailing newline is dropped).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a user.
+    Del {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List usernames.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Exactly one ban target.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct BanTargetArgs {
+    #[arg(long)]
+    pub client_id: Option<String>,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// An address or CIDR network: 10.0.0.0/8, 192.0.2.7, fd00::/8.
+    #[arg(long)]
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BanCommand {
+    /// Ban a client id, username or IP network.
+    Add {
+        #[command(flatten)]
+        target: BanTargetArgs,
+        /// How long: `90s`, `30m`, `1h`, `7d`, `1h 30m` [default: until removed].
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Shown in `ban list` and in the broker log when the ban refuses a client.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Lift a ban.
+    Del {
+        #[command(flatten)]
+        target: BanTargetArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the bans in force.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,4 +148,30 @@ pub struct ServeArgs {
     /// Log output format: `text` or `json`.
     #[arg(long, env = "AXLE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_durations_take_a_unit() {
+        let parse = |d: &str| match Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--for", d]) {
+            Ok(Cli { command: Command::Ban(BanCommand::Add { duration, .. }), .. }) => duration.map(|d| d.as_secs()),
+            _ => None,
+        };
+        assert_eq!(parse("90s"), Some(90));
+        assert_eq!(parse("30m"), Some(1800));
+        assert_eq!(parse("7d"), Some(604_800));
+        assert_eq!(parse("1h 30m"), Some(5400));
+        assert_eq!(parse("1w2"), None);
+        assert_eq!(parse("soon"), None);
+    }
+
+    #[test]
+    fn a_ban_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--for", "1h"]).is_ok());
+        assert!(Cli::try_parse_from(["axle", "ban", "add"]).is_err());
+        assert!(Cli::try_parse_from(["axle", "ban", "add", "--client-id", "c", "--ip", "10.0.0.0/8"]).is_err());
+    }
 }

@@ -89,8 +89,10 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Wills waiting out their delay, by client id: cancelled if the client reconnects.
     pub pending_wills: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Access rules from `acl_file`; `None` allows everything.
+    /// Access rules from `acl_file`; without one, `auth.acl_default` decides.
     pub acl: Option<crate::acl::Acl>,
+    /// Authentication chain, bans, flapping detection and rate limits.
+    pub auth: Arc<crate::auth::Auth>,
     /// Counters read by the metrics endpoint, `$SYS` and the admin API.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set to `true` at shutdown: every connection ends with DISCONNECT 0x8B and saves its
@@ -105,7 +107,12 @@ pub const QUEUE_DEPTH: usize = 4096;
 
 impl Hub {
     /// Creates the hub and loads retained messages from the metadata store.
-    pub fn new(engine: Arc<Engine>, config: Config, acl: Option<crate::acl::Acl>) -> Arc<Hub> {
+    pub fn new(
+        engine: Arc<Engine>,
+        config: Config,
+        acl: Option<crate::acl::Acl>,
+        auth: Arc<crate::auth::Auth>,
+    ) -> Arc<Hub> {
         let mut retained = BTreeMap::new();
         match engine.meta().scan_prefix("retained", b"") {
             Ok(all) => {
@@ -134,6 +141,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             pending_wills: Mutex::new(HashMap::new()),
             acl,
+            auth,
             metrics,
             shutdown: tokio::sync::watch::channel(false).0,
             connections: std::sync::atomic::AtomicUsize::new(0),

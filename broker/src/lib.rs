@@ -5,6 +5,7 @@
 //! fsync policies beyond passing configuration through.
 
 pub mod acl;
+pub mod auth;
 pub mod cli;
 pub mod codec;
 pub mod config;

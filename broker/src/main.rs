@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axle_broker::cli::{Cli, Command, ConfigCommand, ServeArgs};
+mod admin;
 use axle_broker::config::Config;
 use axle_broker::http::{HttpState, LogLevelControl};
 use axle_broker::hub::Hub;
@@ -26,6 +27,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::User(cmd) => admin::user(cmd),
+        Command::Ban(cmd) => admin::ban(cmd),
     }
 }
 
@@ -152,7 +155,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = cfg.listeners.http;
     let token = if cfg.admin.enabled { Some(admin_token(&cfg)?) } else { None };
     let result = rt.block_on(async {
-        let hub = Hub::new(engine.clone(), cfg, acl);
+        let auth = axle_broker::auth::Auth::new(&cfg, engine.meta().clone()).context("setting up authentication")?;
+        tracing::info!(chain = ?auth.chain_names(), "authentication");
+        let hub = Hub::new(engine.clone(), cfg, acl, Arc::new(auth));
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), "tcp".into(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;

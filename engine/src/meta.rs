@@ -1,6 +1,7 @@
 //! The metadata store: RocksDB beside the log, one column family per kind of record
 //! (sessions, subscriptions, cursors, retained messages, consumer-group offsets, export
-//! checkpoints). Values are opaque bytes here; each owner encodes its own.
+//! checkpoints, broker users and bans). Values are opaque bytes here; each owner encodes its
+//! own.
 //!
 //! Writes that must survive a crash together go through [`MetaStore::write_batch`], which
 //! is atomic and, with `sync = true`, durable before it returns.
@@ -10,7 +11,8 @@ use std::path::Path;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 /// The column families the engine uses. Adding one is compatible; removing one is not.
-pub const COLUMN_FAMILIES: &[&str] = &["sessions", "subscriptions", "cursors", "retained", "groups", "exports"];
+pub const COLUMN_FAMILIES: &[&str] =
+    &["sessions", "subscriptions", "cursors", "retained", "groups", "exports", "users", "bans"];
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

@@ -26,11 +26,16 @@ pub struct Config {
     /// Filters every connecting client is subscribed to; `%c` is replaced by its client id
     /// and `%u` by its username.
     pub auto_subscribe: Vec<AutoSubscribe>,
-    /// Path of an ACL file (see `docs/acl.md`); none allows everything.
+    /// Path of an ACL file (see `docs/acl.md`); without one, `auth.acl_default` decides
+    /// (allow, unless set to deny).
     pub acl_file: Option<PathBuf>,
     /// This broker's name in cluster metadata (the partition leader in `DescribeStream`)
     /// and in `$SYS/brokers/<node_id>/…`.
     pub node_id: String,
+    /// Authentication chain and authorization defaults (`docs/auth.md`).
+    pub auth: AuthSection,
+    /// Bans, flapping detection and per-client rate limits (`docs/auth.md`).
+    pub protection: ProtectionSection,
     pub metrics: MetricsSection,
     pub admin: AdminSection,
     pub sys: SysSection,
@@ -246,9 +251,6 @@ fn default_handshake_timeout_ms() -> u64 {
 fn default_ws_path() -> String {
     "/mqtt".into()
 }
-fn yes() -> bool {
-    true
-}
 fn default_tls_versions() -> Vec<String> {
     vec!["1.2".into(), "1.3".into()]
 }
@@ -346,6 +348,8 @@ impl Default for Config {
             auto_subscribe: Vec::new(),
             acl_file: None,
             node_id: "axle-1".into(),
+            auth: AuthSection::default(),
+            protection: ProtectionSection::default(),
             metrics: MetricsSection::default(),
             admin: AdminSection::default(),
             sys: SysSection::default(),
@@ -392,6 +396,231 @@ impl Default for ListenerSection {
     }
 }
 
+/// One authenticator of the `[auth] chain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthenticatorKind {
+    /// Built-in users: username and argon2 password hash in the metadata store.
+    Users,
+    /// A JSON Web Token in the CONNECT password (`[auth.jwt]`).
+    Jwt,
+    /// The verified client certificate's CN or SAN (`[auth.x509]`).
+    X509,
+}
+
+/// The verdict of an ACL check that no rule decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclDefault {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Authenticators tried in this order; the first that accepts or rejects decides, one
+    /// that ignores passes the client on. Empty (the default): no credentials are checked.
+    /// With a non-empty chain, credentials that no authenticator accepts are refused.
+    /// Clients without credentials follow `mqtt.allow_anonymous` either way.
+    pub chain: Vec<AuthenticatorKind>,
+    /// What an ACL check decides when no rule (JWT claim or `acl_file`) applies. Unset: `deny`
+    /// when `acl_file` is set, `allow` when it is not (every client may do anything).
+    pub acl_default: Option<AclDefault>,
+    /// Settings of the `jwt` authenticator; required when the chain names it.
+    pub jwt: Option<JwtSection>,
+    /// Settings of the `x509` authenticator.
+    pub x509: X509Section,
+}
+
+/// A JWT signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    /// `HS256` (shared secret), `RS256` or `ES256` (public key or JWKS). Tokens signed with any
+    /// other algorithm are refused.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret, as text (or base64 with `secret_base64 = true`).
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_base64: bool,
+    /// RS256/ES256: PEM file with the public key (`BEGIN PUBLIC KEY`).
+    pub public_key_file: Option<PathBuf>,
+    /// RS256/ES256: a JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding the username; when present it becomes the client's username and must
+    /// equal the CONNECT username if the client sent one. Default `username`.
+    #[serde(default = "claim_username")]
+    pub username_claim: String,
+    /// Claim holding the client id; when present it must equal the CONNECT client id.
+    /// Default `clientid`.
+    #[serde(default = "claim_client_id")]
+    pub client_id_claim: String,
+    /// Claim holding ACL rules checked before `acl_file` (`docs/acl.md`). Default `acl`.
+    #[serde(default = "claim_acl")]
+    pub acl_claim: String,
+    /// Refuse tokens without an `exp` claim. Default true.
+    #[serde(default = "yes")]
+    pub require_exp: bool,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 60.
+    #[serde(default = "sixty")]
+    pub leeway_secs: u64,
+    /// When set, the `aud` claim must contain it.
+    pub audience: Option<String>,
+    /// When set, the `iss` claim must equal it.
+    pub issuer: Option<String>,
+}
+
+/// Which certificate field names an X.509 identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertField {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first subject alternative name (DNS, e-mail or URI).
+    San,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct X509Section {
+    /// The certificate field that becomes the username: `cn` (default) or `san`.
+    pub username_from: CertField,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectionSection {
+    pub flapping: FlappingSection,
+    pub rate_limit: RateLimitSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlappingSection {
+    /// Off by default (as in EMQX): reconnect storms after an outage would ban whole fleets.
+    pub enabled: bool,
+    /// CONNECTs of one client id within `window_secs` that trigger a ban. Default 15.
+    pub max_connects: u32,
+    /// The window, in seconds. Default 60.
+    pub window_secs: u64,
+    /// How long the client id is banned, in seconds. Default 300.
+    pub ban_secs: u64,
+}
+
+/// What happens to a client that publishes faster than its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    /// Stop reading the client's socket until its budget is back (TCP pushes back).
+    #[default]
+    Throttle,
+    /// DISCONNECT 0x96 Message rate too high (MQTT 5; 3.1.1 clients are just closed).
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    /// Inbound PUBLISH packets per second per connection; 0 (default) = unlimited.
+    pub messages_per_sec: u32,
+    /// Packets a client may send at once above the rate; 0 = `messages_per_sec`.
+    pub messages_burst: u32,
+    /// Inbound PUBLISH bytes (whole packets) per second per connection; 0 = unlimited.
+    pub bytes_per_sec: u64,
+    /// Bytes a client may send at once above the rate; 0 = `bytes_per_sec`.
+    pub bytes_burst: u64,
+    /// `throttle` (default) or `disconnect`.
+    pub on_exceed: RateLimitAction,
+}
+
+fn claim_username() -> String {
+    "username".into()
+}
+fn claim_client_id() -> String {
+    "clientid".into()
+}
+fn claim_acl() -> String {
+    "acl".into()
+}
+fn yes() -> bool {
+    true
+}
+fn sixty() -> u64 {
+    60
+}
+
+impl Default for FlappingSection {
+    fn default() -> Self {
+        FlappingSection { enabled: false, max_connects: 15, window_secs: 60, ban_secs: 300 }
+    }
+}
+
+impl AuthSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::invalid("auth.chain", m));
+        for (i, a) in self.chain.iter().enumerate() {
+            if self.chain[..i].contains(a) {
+                return bad(format!("names {a:?} twice"));
+            }
+        }
+        match (&self.jwt, self.chain.contains(&AuthenticatorKind::Jwt)) {
+            (None, true) => return bad("names jwt but there is no [auth.jwt] section".into()),
+            (Some(j), _) => j.validate()?,
+            (None, false) => {}
+        }
+        Ok(())
+    }
+}
+
+impl JwtSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::invalid("auth.jwt", m));
+        match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.secret.is_none() {
+                    return bad("HS256 needs `secret`");
+                }
+                if self.public_key_file.is_some() || self.jwks_file.is_some() {
+                    return bad("HS256 uses `secret` only, not `public_key_file` or `jwks_file`");
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.secret.is_some() {
+                    return bad(
+                        "RS256 and ES256 verify with a public key: set `public_key_file` or `jwks_file`, not `secret`",
+                    );
+                }
+                if self.public_key_file.is_some() == self.jwks_file.is_some() {
+                    return bad("RS256 and ES256 need exactly one of `public_key_file` and `jwks_file`");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProtectionSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.flapping;
+        if f.enabled && (f.max_connects == 0 || f.window_secs == 0 || f.ban_secs == 0) {
+            return Err(ConfigError::invalid(
+                "protection.flapping",
+                "max_connects, window_secs and ban_secs must be at least 1 when enabled",
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub use load::ConfigError;
 
 impl Config {
@@ -433,6 +662,8 @@ impl Config {
             return bad("node_id", "must be non-empty and free of `/`, `+` and `#` (it is a $SYS topic level)");
         }
         self.stream_configs()?;
+        self.auth.validate()?;
+        self.protection.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.mqtt.iter().enumerate() {
             if l.name == "tcp" || !names.insert(l.name.as_str()) {
@@ -483,6 +714,43 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         let err = toml::from_str::<Config>("[mqtt]\nmax_keepalive = 10\nmax_keep_alive = 5\n").unwrap_err();
         assert!(err.to_string().contains("max_keep_alive"), "{err}");
+    }
+
+    #[test]
+    fn auth_sections_parse_and_are_checked() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [auth]
+            chain = ["users", "jwt", "x509"]
+            acl_default = "deny"
+            [auth.jwt]
+            algorithm = "HS256"
+            secret = "s3cret"
+            [protection.flapping]
+            enabled = true
+            max_connects = 3
+            [protection.rate_limit]
+            messages_per_sec = 10
+            on_exceed = "disconnect"
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.auth.chain.len(), 3);
+        assert_eq!(cfg.protection.flapping.window_secs, 60);
+        for (text, needle) in [
+            ("[auth]\nchain = [\"jwt\"]\n", "no [auth.jwt]"),
+            ("[auth]\nchain = [\"users\", \"users\"]\n", "twice"),
+            ("[auth.jwt]\nalgorithm = \"RS256\"\nsecret = \"x\"\n", "public key"),
+            ("[auth.jwt]\nalgorithm = \"HS256\"\n", "needs `secret`"),
+            ("[protection.flapping]\nenabled = true\nmax_connects = 0\n", "at least 1"),
+        ] {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let e = toml::from_str::<Config>("[auth]\nchain = [\"ldap\"]\n").unwrap_err().to_string();
+        assert!(e.contains("ldap"), "{e}");
     }
 
     #[test]

@@ -161,7 +161,10 @@ struct Connection {
     peer: PeerInfo,
     version: ProtocolVersion,
     client_id: String,
+    /// The authenticated username (a JWT claim or certificate name may replace the CONNECT's).
     username: Option<String>,
+    /// Claim ACL rules and inbound rate limits (`auth`).
+    guard: crate::auth::SessionGuard,
     session: SessionState,
     session_present: bool,
     assigned_id: bool,
@@ -198,12 +201,11 @@ impl Connection {
     async fn accept(hub: Arc<Hub>, c: Connect, peer: PeerInfo) -> Result<Connection, ConnAck> {
         let cfg = &hub.config.mqtt;
         let v = c.protocol;
-        if c.username.is_none() && !peer.addr.ip().is_loopback() && !cfg.allow_anonymous {
-            tracing::info!(%peer, client_id = %c.client_id, "anonymous client refused (not from loopback)");
-            return Err(refuse(v, ReasonCode::NotAuthorized));
-        }
-        if let (Some(acl), Some(w)) = (&hub.acl, &c.will) {
-            if !acl.permits(&c.client_id, c.username.as_deref(), Action::Publish, &w.topic) {
+        let identity = crate::auth::admit(&hub.auth, &c, &peer).await.map_err(|reason| refuse(v, reason))?;
+        let guard = hub.auth.guard(&identity);
+        if let Some(w) = &c.will {
+            let (claims, user) = (guard.claims.as_ref(), identity.username.as_deref());
+            if !hub.auth.permits(hub.acl.as_ref(), claims, &c.client_id, user, Action::Publish, &w.topic) {
                 tracing::info!(%peer, client_id = %c.client_id, topic = %w.topic, "will topic refused by the ACL");
                 hub.metrics.dropped(crate::metrics::DropReason::AclDenied, 1);
                 return Err(refuse(v, ReasonCode::NotAuthorized));
@@ -282,7 +284,7 @@ impl Connection {
             (requested, None)
         };
         let info = crate::hub::ClientInfo {
-            username: c.username.clone(),
+            username: identity.username.clone(),
             peer: peer.clone(),
             protocol: if v == ProtocolVersion::V5 { 5 } else { 4 },
             connected_at_ms: now,
@@ -316,7 +318,8 @@ impl Connection {
             peer,
             version: v,
             client_id,
-            username: c.username,
+            username: identity.username,
+            guard,
             session,
             session_present,
             assigned_id,
@@ -473,7 +476,13 @@ impl Connection {
             }
             let catching_up =
                 self.session.cursors.values().any(|c| c.catch_up) && self.session.outbound.len() < self.outbound.window;
-            let ka = if self.keep_alive.is_zero() { None } else { Some(last_recv + self.keep_alive * 3 / 2) };
+            // A throttled client is not read, so its silence is ours: no keepalive meanwhile.
+            let throttle = self.guard.throttled_until.map(Instant::from_std);
+            let ka = if self.keep_alive.is_zero() || throttle.is_some() {
+                None
+            } else {
+                Some(last_recv + self.keep_alive * 3 / 2)
+            };
             tokio::select! {
                 biased;
                 _ = kick.notified() => {
@@ -485,10 +494,14 @@ impl Connection {
                 _ = shut_down(&mut shutdown) => {
                     return End::Server(ReasonCode::ServerShuttingDown, "the broker is shutting down".into());
                 }
-                r = io.read_buf(&mut rbuf) => match r {
+                r = io.read_buf(&mut rbuf), if throttle.is_none() => match r {
                     Ok(0) | Err(_) => return End::Network,
                     Ok(_) => last_recv = Instant::now(),
                 },
+                _ = sleep_until_opt(throttle), if throttle.is_some() => {
+                    self.guard.throttled_until = None;
+                    last_recv = Instant::now();
+                }
                 Some((packet_id, qos, result)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(end) = self.inbound_done(packet_id, qos, result, &mut out) {
                         let _ = io.write_all(&out).await;
@@ -555,8 +568,17 @@ impl Connection {
 
     fn drain_packets(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut) -> Result<(), End> {
         loop {
+            if self.guard.throttled_until.is_some() {
+                return Ok(()); // over its rate: the rest waits in the buffer
+            }
+            let before = rbuf.len();
             match codec::decode(rbuf, Some(self.version), self.hub.config.mqtt.max_packet_size) {
-                Ok(Some(p)) => self.handle_packet(p, out)?,
+                Ok(Some(p)) => {
+                    if matches!(p, Packet::Publish(_)) {
+                        self.rate_check(before - rbuf.len())?;
+                    }
+                    self.handle_packet(p, out)?
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.protocol_violation(e)),
             }

@@ -338,10 +338,30 @@ impl Connection {
         self.shared_pull = true;
     }
 
-    /// Whether the ACL lets this client publish to / subscribe to `target`; counts refusals.
+    /// Charges an inbound PUBLISH of `size` bytes to the rate limits: throttles the
+    /// connection, or ends it with 0x96 under `on_exceed = "disconnect"`.
+    pub(super) fn rate_check(&mut self, size: usize) -> Result<(), End> {
+        match self.guard.on_publish(size, std::time::Instant::now()) {
+            crate::auth::RateDecision::Pass => Ok(()),
+            crate::auth::RateDecision::Pause(until) => {
+                if self.guard.throttles == 1 || self.guard.throttles.is_multiple_of(1000) {
+                    let pause = until.saturating_duration_since(std::time::Instant::now());
+                    tracing::info!(client_id = %self.client_id, throttles = self.guard.throttles, ?pause, "client over its publish rate; throttled");
+                }
+                Ok(())
+            }
+            crate::auth::RateDecision::Disconnect => {
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, "client over its publish rate; disconnected");
+                Err(End::Server(ReasonCode::MessageRateTooHigh, "publish rate over the configured limit".into()))
+            }
+        }
+    }
+
+    /// Whether the client's claim rules, the ACL file or the default let it publish to /
+    /// subscribe to `target`; counts refusals.
     fn permitted(&self, action: Action, target: &str) -> bool {
-        let Some(acl) = &self.hub.acl else { return true };
-        let ok = acl.permits(&self.client_id, self.username.as_deref(), action, target);
+        let (file, claims) = (self.hub.acl.as_ref(), self.guard.claims.as_ref());
+        let ok = self.hub.auth.permits(file, claims, &self.client_id, self.username.as_deref(), action, target);
         if !ok {
             self.hub.metrics.dropped(crate::metrics::DropReason::AclDenied, 1);
         }

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::hub::Hub;
 
+mod bans;
 mod clients;
 mod groups;
 mod logging;
@@ -27,6 +28,7 @@ mod retained;
 mod sessions;
 mod streams;
 mod subscriptions;
+mod users;
 
 pub use logging::LogLevelControl;
 
@@ -63,6 +65,8 @@ fn router(state: HttpState) -> Router {
             .merge(streams::routes())
             .merge(groups::routes())
             .merge(logging::routes())
+            .merge(bans::routes())
+            .merge(users::routes())
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
         app = app.nest("/api/v1", api).route("/api/v1/openapi.json", get(openapi::document));
     }

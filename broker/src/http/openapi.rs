@@ -4,11 +4,11 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, groups, logging, retained, sessions, streams, subscriptions, ErrorBody};
+use super::{bans, clients, groups, logging, retained, sessions, streams, subscriptions, users, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Axle admin API", description = "Clients, sessions, subscriptions, retained messages, streams, consumer groups and logging of one Axle broker. Every endpoint needs `Authorization: Bearer <admin token>`."),
+    info(title = "Axle admin API", description = "Clients, sessions, subscriptions, retained messages, streams, consumer groups, logging, bans and built-in users of one Axle broker. Every endpoint needs `Authorization: Bearer <admin token>`."),
     paths(
         clients::list, clients::inspect, clients::kick,
         sessions::list, sessions::inspect, sessions::remove,
@@ -17,6 +17,8 @@ use super::{clients, groups, logging, retained, sessions, streams, subscriptions
         streams::list, streams::describe, streams::offsets,
         groups::list, groups::describe, groups::reset,
         logging::current, logging::change,
+        bans::list, bans::add, bans::remove,
+        users::list, users::set, users::remove,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -57,6 +59,8 @@ mod tests {
             "/api/v1/streams/{name}/offsets",
             "/api/v1/consumer-groups/{group}/offsets",
             "/api/v1/log-level",
+            "/api/v1/bans",
+            "/api/v1/users/{name}",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
         }

@@ -242,12 +242,26 @@ pub struct V311 {
     task: JoinHandle<()>,
 }
 
+/// Options for an MQTT 3.1.1 client on loopback.
+pub fn opts_v311(id: &str, port: u16, clean: bool) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(clean);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    o
+}
+
 impl V311 {
     pub async fn connect(id: &str, port: u16, clean: bool) -> V311 {
-        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(clean);
-        o.set_max_packet_size(4 << 20, 4 << 20);
+        match V311::try_connect(opts_v311(id, port, clean)).await {
+            Ok(c) => c,
+            Err(code) => panic!("CONNACK refused: {code:?}"),
+        }
+    }
+
+    /// Connects with `o`; a refused CONNACK is the error (its return code). Panics if no
+    /// CONNACK arrives.
+    pub async fn try_connect(o: rumqttc::MqttOptions) -> Result<V311, rumqttc::ConnectReturnCode> {
         let (client, mut ev) = rumqttc::AsyncClient::new(o, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -267,9 +281,22 @@ impl V311 {
             }
         });
         match tokio::time::timeout(WAIT, rx.recv()).await {
-            Ok(Some(Ok(rumqttc::Packet::ConnAck(c)))) => {
-                assert_eq!(c.code, rumqttc::ConnectReturnCode::Success, "CONNACK refused");
-                V311 { client, session_present: c.session_present, rx, stash: Default::default(), task }
+            Ok(Some(Ok(rumqttc::Packet::ConnAck(c)))) if c.code == rumqttc::ConnectReturnCode::Success => {
+                Ok(V311 { client, session_present: c.session_present, rx, stash: Default::default(), task })
+            }
+            Ok(Some(Ok(rumqttc::Packet::ConnAck(c)))) => Err(c.code),
+            Ok(Some(Err(e))) if e.contains("ConnectionRefused") => {
+                let code = [
+                    ("BadUserNamePassword", rumqttc::ConnectReturnCode::BadUserNamePassword),
+                    ("NotAuthorized", rumqttc::ConnectReturnCode::NotAuthorized),
+                    ("BadClientId", rumqttc::ConnectReturnCode::BadClientId),
+                    ("RefusedProtocolVersion", rumqttc::ConnectReturnCode::RefusedProtocolVersion),
+                ]
+                .into_iter()
+                .find(|(name, _)| e.contains(name))
+                .map(|(_, c)| c)
+                .unwrap_or(rumqttc::ConnectReturnCode::ServiceUnavailable);
+                Err(code)
             }
             other => panic!("no CONNACK: {other:?}"),
         }
