@@ -2,7 +2,8 @@
 same listener; QoS 0, 1 and 2 messages, one of them larger than a typical WebSocket frame.
 
 usage: websocket.py --port P [--path /mqtt] [--tls-ca CA.pem] [--protocol 5|311]
-Prints {"messages": [{"topic", "payload_len", "qos"}...]} in arrival order.
+Prints {"messages": [{"topic", "payload_len", "qos"}...]} in arrival order (topics on different
+partitions may arrive in any order).
 """
 
 import argparse

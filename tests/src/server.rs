@@ -94,16 +94,6 @@ impl Server {
         self.wait_port("grpc", timeout)
     }
 
-    /// The HTTP (metrics, admin API) port from the latest "axle serving" line.
-    pub fn wait_http_port(&self, timeout: Duration) -> Option<u16> {
-        self.wait_port("http", timeout)
-    }
-
-    /// The admin API token the server generated in its data directory.
-    pub fn admin_token(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string())
-    }
-
     /// The address a `[[listeners.mqtt]]` listener named `name` bound (its "listener bound"
     /// log line), waiting up to `timeout`.
     pub fn listener_addr(&self, name: &str, timeout: Duration) -> Option<std::net::SocketAddr> {
@@ -119,6 +109,16 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The HTTP (metrics, admin API) port from the latest "axle serving" line.
+    pub fn wait_http_port(&self, timeout: Duration) -> Option<u16> {
+        self.wait_port("http", timeout)
+    }
+
+    /// The admin API token the server generated in its data directory.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.join("admin.token"))?.trim().to_string())
     }
 
     /// The port of `field=ADDR` in the latest "axle serving" line, waiting up to `timeout`.

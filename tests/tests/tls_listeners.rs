@@ -210,3 +210,20 @@ fn unreadable_server_key_stops_the_broker_naming_the_file() {
     let log = server.output();
     assert!(log.contains("garbage.key") && log.contains("private key"), "the error names the key file:\n{log}");
 }
+
+#[test]
+fn client_silent_during_the_tls_handshake_is_closed_at_the_handshake_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(dir.path(), "ca", "Axle Test CA");
+    let server = ca.server(dir.path());
+    let b = Broker::with_config(&format!(
+        "[[listeners.mqtt]]\nname = \"tls\"\nkind = \"tls\"\nbind = \"127.0.0.1:0\"\nhandshake_timeout_ms = 300\n\
+         [listeners.mqtt.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        s(&server.cert),
+        s(&server.key)
+    ));
+    // A TCP connection that never sends a ClientHello.
+    let mut silent = common::raw::Raw::connect(b.listener("tls").port());
+    assert!(silent.read_until_closed().is_empty(), "closed without a reply");
+    assert!(b.server.wait_for_output("no handshake within the handshake timeout", WAIT), "{}", b.log());
+}

@@ -338,7 +338,17 @@ fn start_axle(bin: &Path, dir: &Path, fsync: &str) -> anyhow::Result<(Axle, [Soc
     let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(dir.join("axle.toml"))
-        .args(["--mqtt-tcp", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--fsync", fsync, "--data-dir"])
+        .args([
+            "--mqtt-tcp",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--fsync",
+            fsync,
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         // The binary's own lines (bound addresses) only: per-connection logging is not measured.
         .env("RUST_LOG", "warn,axle=info")

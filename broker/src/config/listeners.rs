@@ -1,5 +1,6 @@
-//! `[[listeners.mqtt]]`: further MQTT listeners (TCP, TLS, WebSocket, QUIC) beside the
-//! `[listeners] tcp` one, with their TLS and PROXY protocol settings.
+//! `[[listeners.mqtt]]`: the MQTT listeners beside `[listeners] tcp`, with their TLS settings.
+//! Certificate files are read when a listener starts (`broker/src/listener/`), so a bad file
+//! stops the broker with an error naming it; here only the combinations are checked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -96,7 +97,7 @@ pub struct TlsSection {
     #[serde(default)]
     pub verify_peer: bool,
     /// With `verify_peer`: refuse clients that send no certificate. Default true.
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub fail_if_no_peer_cert: bool,
     /// TLS versions offered: any of `"1.2"`, `"1.3"` (QUIC always uses 1.3). Default both.
     #[serde(default = "default_tls_versions")]
@@ -116,9 +117,6 @@ fn default_handshake_timeout_ms() -> u64 {
 fn default_ws_path() -> String {
     "/mqtt".into()
 }
-fn yes() -> bool {
-    true
-}
 fn default_tls_versions() -> Vec<String> {
     vec!["1.2".into(), "1.3".into()]
 }
@@ -129,44 +127,48 @@ impl MqttListenerSection {
         self.bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.kind.default_port())))
     }
 
-    /// Checks the combinations a listener needs; the certificate files are read when it starts.
+    /// Checks the combinations a listener needs (`i`: its index in `listeners.mqtt`); the
+    /// certificate files are read when it starts.
     pub fn validate(&self, i: usize) -> Result<(), ConfigError> {
-        let bad = |m: String| {
-            Err(ConfigError::invalid(format!("listeners.mqtt[{i}]"), format!("listener {}: {m}", self.name)))
+        let bad = |field: &str, m: String| {
+            Err(ConfigError::invalid(format!("listeners.mqtt[{i}].{field}"), format!("(listener {}) {m}", self.name)))
         };
         let tls_kind = matches!(self.kind, ListenerKind::Tls | ListenerKind::Wss | ListenerKind::Quic);
         if tls_kind && self.tls.is_none() {
-            return bad(format!("kind {:?} needs a [listeners.mqtt.tls] section with cert and key", self.kind));
+            return bad("tls", format!("kind {:?} needs a [listeners.mqtt.tls] section with cert and key", self.kind));
         }
         if !tls_kind && self.tls.is_some() {
-            return bad("a tls section is only for kinds tls, wss and quic".into());
+            return bad("tls", "a tls section is only for kinds tls, wss and quic".into());
         }
         if self.proxy_protocol && !matches!(self.kind, ListenerKind::Tcp | ListenerKind::Ws) {
-            return bad("proxy_protocol is only supported on tcp and ws listeners".into());
+            return bad("proxy_protocol", "is only supported on tcp and ws listeners".into());
         }
         if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+            return bad("max_connections", "must be at least 1".into());
         }
         if self.handshake_timeout_ms == 0 {
-            return bad("handshake_timeout_ms must be at least 1".into());
+            return bad("handshake_timeout_ms", "must be at least 1".into());
         }
         if matches!(self.kind, ListenerKind::Ws | ListenerKind::Wss) && !self.path.starts_with('/') {
-            return bad(format!("path {:?} must start with /", self.path));
+            return bad("path", format!("{:?} must start with /", self.path));
         }
         if let Some(t) = &self.tls {
             if t.verify_peer && t.ca.is_none() {
-                return bad("tls.verify_peer needs tls.ca (the CA bundle client certificates chain to)".into());
+                return bad(
+                    "tls.ca",
+                    "is needed by tls.verify_peer (the CA bundle client certificates chain to)".into(),
+                );
             }
             if t.crl.is_some() && !t.verify_peer {
-                return bad("tls.crl only applies with tls.verify_peer = true".into());
+                return bad("tls.crl", "only applies with tls.verify_peer = true".into());
             }
             for v in &t.versions {
                 if v != "1.2" && v != "1.3" {
-                    return bad(format!("tls.versions: {v:?} is not supported; use \"1.2\" and/or \"1.3\""));
+                    return bad("tls.versions", format!("{v:?} is not supported; use \"1.2\" and/or \"1.3\""));
                 }
             }
             if t.versions.is_empty() {
-                return bad("tls.versions must name at least one version".into());
+                return bad("tls.versions", "must name at least one version".into());
             }
         }
         Ok(())
@@ -175,8 +177,8 @@ impl MqttListenerSection {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn listeners_parse_with_defaults() {

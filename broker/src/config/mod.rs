@@ -501,6 +501,16 @@ impl Config {
         self.stream_configs()?;
         self.auth.validate()?;
         self.protection.validate()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.mqtt.iter().enumerate() {
+            if l.name == "tcp" || !names.insert(l.name.as_str()) {
+                return bad(
+                    &format!("listeners.mqtt[{i}].name"),
+                    &format!("{:?} is used twice (\"tcp\" is the [listeners] tcp one)", l.name),
+                );
+            }
+            l.validate(i)?;
+        }
         Ok(())
     }
 

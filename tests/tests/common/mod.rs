@@ -93,15 +93,15 @@ impl Broker {
         }
     }
 
+    /// The address the `[[listeners.mqtt]]` listener `name` bound.
+    pub fn listener(&self, name: &str) -> std::net::SocketAddr {
+        self.server.listener_addr(name, WAIT).unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
+    }
+
     /// The HTTP side (metrics, admin API with the generated token).
     pub fn http(&self) -> http::Http {
         let port = self.server.wait_http_port(WAIT).expect("the broker logs its HTTP port");
         http::Http::new(port, self.server.admin_token().expect("the broker wrote its admin token"))
-    }
-
-    /// The address the `[[listeners.mqtt]]` listener `name` bound.
-    pub fn listener(&self, name: &str) -> std::net::SocketAddr {
-        self.server.listener_addr(name, WAIT).unwrap_or_else(|| panic!("listener {name} did not bind:\n{}", self.log()))
     }
 
     /// Whether the server process is still running.
