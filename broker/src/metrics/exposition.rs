@@ -1,6 +1,7 @@
 //! The Prometheus endpoint's body: every metric, read from the hub, the engine and the log at
 //! scrape time and encoded with `prometheus-client` in the OpenMetrics text format.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -79,7 +80,18 @@ impl std::fmt::Debug for HubCollector {
     }
 }
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// Label values are escaped here: prometheus-client 0.24 writes them as given, and some come
+/// from clients (client ids, consumer-group names).
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+/// A label value with `\`, `"` and newlines escaped as the text formats require.
+fn esc(v: &str) -> Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        Cow::Owned(v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(v)
+    }
+}
 
 /// One counter family: `(labels, value)` samples.
 fn counters(
@@ -157,7 +169,7 @@ impl Collector for HubCollector {
             "build_info",
             "Version and node name of this broker (always 1).",
             None,
-            &[(vec![("version", env!("CARGO_PKG_VERSION")), ("node", hub.config.node_id.as_str())], 1)],
+            &[(vec![("version", esc(env!("CARGO_PKG_VERSION"))), ("node", esc(hub.config.node_id.as_str()))], 1)],
         )?;
         gauges(
             &mut enc,
@@ -170,10 +182,10 @@ impl Collector for HubCollector {
         // Connections and sessions.
         let listeners = m.listeners();
         let open: Vec<(Labels<'_>, i64)> =
-            listeners.iter().map(|(n, s)| (vec![("listener", &**n)], clamp(s.open.load(Relaxed)))).collect();
+            listeners.iter().map(|(n, s)| (vec![("listener", esc(&**n))], clamp(s.open.load(Relaxed)))).collect();
         gauges(&mut enc, "connections", "Open MQTT connections, per listener.", None, &open)?;
         let accepted: Vec<(Labels<'_>, u64)> =
-            listeners.iter().map(|(n, s)| (vec![("listener", &**n)], s.accepted.load(Relaxed))).collect();
+            listeners.iter().map(|(n, s)| (vec![("listener", esc(&**n))], s.accepted.load(Relaxed))).collect();
         counters(&mut enc, "connections_accepted", "MQTT connections accepted, per listener.", None, &accepted)?;
         let online = hub.online.lock().len();
         gauges(
@@ -182,8 +194,8 @@ impl Collector for HubCollector {
             "Sessions: connected (online), and persistent sessions kept while their client is away (offline).",
             None,
             &[
-                (vec![("state", "online")], clamp(online as u64)),
-                (vec![("state", "offline")], clamp(m.stored_sessions.load(Relaxed))),
+                (vec![("state", esc("online"))], clamp(online as u64)),
+                (vec![("state", esc("offline"))], clamp(m.stored_sessions.load(Relaxed))),
             ],
         )?;
         gauges(
@@ -203,9 +215,11 @@ impl Collector for HubCollector {
 
         // Messages.
         let qos = ["0", "1", "2"];
-        let rx: Vec<(Labels<'_>, u64)> = (0..3).map(|q| (vec![("qos", qos[q])], m.received[q].load(Relaxed))).collect();
+        let rx: Vec<(Labels<'_>, u64)> =
+            (0..3).map(|q| (vec![("qos", esc(qos[q]))], m.received[q].load(Relaxed))).collect();
         counters(&mut enc, "messages_received", "PUBLISH packets received from clients, by QoS.", None, &rx)?;
-        let tx: Vec<(Labels<'_>, u64)> = (0..3).map(|q| (vec![("qos", qos[q])], m.sent[q].load(Relaxed))).collect();
+        let tx: Vec<(Labels<'_>, u64)> =
+            (0..3).map(|q| (vec![("qos", esc(qos[q]))], m.sent[q].load(Relaxed))).collect();
         counters(
             &mut enc,
             "messages_sent",
@@ -228,10 +242,10 @@ impl Collector for HubCollector {
             &[(vec![], m.sent_bytes.load(Relaxed))],
         )?;
         let dropped: Vec<(Labels<'_>, u64)> =
-            DropReason::ALL.iter().map(|r| (vec![("reason", r.label())], m.dropped_count(*r))).collect();
+            DropReason::ALL.iter().map(|r| (vec![("reason", esc(r.label()))], m.dropped_count(*r))).collect();
         counters(&mut enc, "messages_dropped", "Messages not stored or not delivered, by reason.", None, &dropped)?;
         let t_in: Vec<(Labels<'_>, u64)> =
-            m.topics.iter().map(|t| (vec![("filter", t.filter.as_str())], t.messages_in.load(Relaxed))).collect();
+            m.topics.iter().map(|t| (vec![("filter", esc(t.filter.as_str()))], t.messages_in.load(Relaxed))).collect();
         counters(
             &mut enc,
             "topic_messages_received",
@@ -240,7 +254,7 @@ impl Collector for HubCollector {
             &t_in,
         )?;
         let t_out: Vec<(Labels<'_>, u64)> =
-            m.topics.iter().map(|t| (vec![("filter", t.filter.as_str())], t.messages_out.load(Relaxed))).collect();
+            m.topics.iter().map(|t| (vec![("filter", esc(t.filter.as_str()))], t.messages_out.load(Relaxed))).collect();
         counters(
             &mut enc,
             "topic_messages_sent",
@@ -251,7 +265,7 @@ impl Collector for HubCollector {
         let slow = super::slow_subscribers(hub, hub.config.metrics.slow_subscribers);
         let slow_samples: Vec<(Labels<'_>, f64)> = slow
             .iter()
-            .map(|s| (vec![("client_id", s.client_id.as_str())], s.latency_ema_micros as f64 / 1e6))
+            .map(|s| (vec![("client_id", esc(s.client_id.as_str()))], s.latency_ema_micros as f64 / 1e6))
             .collect();
         gauge_f64(
             &mut enc,
@@ -272,14 +286,14 @@ impl Collector for HubCollector {
         for p in parts {
             let b = p.log.bounds();
             appended[p.stream] += b.end;
-            let labels = vec![("stream", streams[p.stream].name.as_str()), ("partition", p.name.as_str())];
+            let labels = vec![("stream", esc(streams[p.stream].name.as_str())), ("partition", esc(p.name.as_str()))];
             size.push((labels.clone(), clamp(p.log.size_bytes())));
             segments.push((labels.clone(), clamp(p.log.segment_count() as u64)));
             ends.push((labels.clone(), clamp(b.end)));
             starts.push((labels, clamp(b.log_start)));
         }
         let appended: Vec<(Labels<'_>, u64)> =
-            streams.iter().zip(&appended).map(|(s, n)| (vec![("stream", s.name.as_str())], *n)).collect();
+            streams.iter().zip(&appended).map(|(s, n)| (vec![("stream", esc(s.name.as_str()))], *n)).collect();
         counters(&mut enc, "stream_appended_records", "Records appended to each stream's log (the sum of its partitions' end offsets); rate() is the append rate.", None, &appended)?;
         gauges(&mut enc, "partition_log_size", "Bytes of segment files per partition.", Some(&Unit::Bytes), &size)?;
         gauges(&mut enc, "partition_segments", "Segment files per partition.", None, &segments)?;
@@ -342,7 +356,9 @@ impl Collector for HubCollector {
         }
         let lag: Vec<(Labels<'_>, i64)> = lag
             .iter()
-            .map(|(g, s, p, v)| (vec![("group", g.as_str()), ("stream", s.as_str()), ("partition", p.as_str())], *v))
+            .map(|(g, s, p, v)| {
+                (vec![("group", esc(g.as_str())), ("stream", esc(s.as_str())), ("partition", esc(p.as_str()))], *v)
+            })
             .collect();
         gauges(
             &mut enc,
@@ -358,7 +374,13 @@ impl Collector for HubCollector {
 
 #[cfg(test)]
 mod tests {
-    use super::to_prometheus_text;
+    use super::{esc, to_prometheus_text};
+
+    #[test]
+    fn label_values_from_clients_cannot_break_the_exposition() {
+        assert_eq!(esc("car-1"), "car-1");
+        assert_eq!(esc("x\"} 1\naxle_up 0\\"), "x\\\"} 1\\naxle_up 0\\\\");
+    }
 
     #[test]
     fn counters_take_their_total_name_in_prometheus_text() {
