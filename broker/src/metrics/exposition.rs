@@ -182,10 +182,10 @@ impl Collector for HubCollector {
         // Connections and sessions.
         let listeners = m.listeners();
         let open: Vec<(Labels<'_>, i64)> =
-            listeners.iter().map(|(n, s)| (vec![("listener", esc(&**n))], clamp(s.open.load(Relaxed)))).collect();
+            listeners.iter().map(|(n, s)| (vec![("listener", esc(n))], clamp(s.open.load(Relaxed)))).collect();
         gauges(&mut enc, "connections", "Open MQTT connections, per listener.", None, &open)?;
         let accepted: Vec<(Labels<'_>, u64)> =
-            listeners.iter().map(|(n, s)| (vec![("listener", esc(&**n))], s.accepted.load(Relaxed))).collect();
+            listeners.iter().map(|(n, s)| (vec![("listener", esc(n))], s.accepted.load(Relaxed))).collect();
         counters(&mut enc, "connections_accepted", "MQTT connections accepted, per listener.", None, &accepted)?;
         let online = hub.online.lock().len();
         gauges(
