@@ -1,5 +1,7 @@
 //! The `axle` binary.
 
+mod export_commands;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Export(args) => export_commands::export(args),
+        Command::Query(args) => export_commands::query(args),
     }
 }
 
@@ -95,6 +99,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?,
     );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Parquet export of the streams with `[streams.export] enabled = true`: one thread per
+    // partition following the tail. `exports.stats()` holds its counters (for metrics).
+    let export_configs = cfg.export_configs(true)?;
+    let exports = axle_query::Export::plan(&engine, &export_configs, &cfg.export_settings())?
+        .spawn(rt.handle().clone())
+        .context("starting the Parquet exporters")?;
+    if !export_configs.is_empty() {
+        tracing::info!(streams = export_configs.len(), dir = %cfg.export_dir().display(), "Parquet export running");
+    }
     let data_dir = cfg.data_dir.clone();
     let tcp = cfg.listeners.tcp;
     let grpc = cfg.listeners.grpc;
@@ -120,6 +133,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     });
+    // Exporters commit their open files before the log closes.
+    exports.stop();
     rt.shutdown_timeout(Duration::from_secs(5));
     engine.close().context("closing the log and metadata store")?;
     result?;
