@@ -63,15 +63,32 @@ pub enum QueryError {
 
 impl QueryError {
     fn from_df(e: DataFusionError, sql: &str) -> QueryError {
+        use datafusion::sql::sqlparser::parser::ParserError;
+        let (message, at_end) = match e.find_root() {
+            DataFusionError::SQL(p, _) => match p.as_ref() {
+                ParserError::ParserError(m) | ParserError::TokenizerError(m) => (m.clone(), m.ends_with("found: EOF")),
+                other => (other.to_string(), false),
+            },
+            other => (other.strip_backtrace(), false),
+        };
         let position = e
             .diagnostic()
             .and_then(|d| d.span)
             .filter(|s| s.start.line > 0)
             .map(|s| (s.start.line, s.start.column, s.end.column.max(s.start.column + 1) - s.start.column))
-            .or_else(|| parser_position(&e.to_string()).map(|(l, c)| (l, c, 1)));
+            .or_else(|| parser_position(&message).map(|(l, c)| (l, c, 1)))
+            .or_else(|| at_end.then(|| end_position(sql)));
         let pointer = position.map(|(l, c, w)| pointer(sql, l, c, w)).unwrap_or_default();
-        QueryError::Sql { message: e.strip_backtrace().trim().to_string(), pointer }
+        QueryError::Sql { message: message.trim().to_string(), pointer }
     }
+}
+
+/// Line and column just past the end of `sql` (where "found: EOF" points).
+fn end_position(sql: &str) -> (u64, u64, u64) {
+    let trimmed = sql.trim_end();
+    let line = trimmed.lines().count().max(1) as u64;
+    let col = trimmed.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
+    (line, col, 1)
 }
 
 /// `Line: L, Column: C` as the SQL parser writes positions.
@@ -215,5 +232,6 @@ mod tests {
         assert!(p.ends_with("    SELECT 1 FORM t\n             ^^^^"), "{p}");
         assert_eq!(parser_position("no position here"), None);
         assert_eq!(pointer("x", 5, 1, 1), "");
+        assert_eq!(end_position("SELECT 1 +\n  FROM  "), (2, 7, 1));
     }
 }

@@ -405,7 +405,10 @@ async fn axle_query_filters_by_time_aggregates_by_vin_and_hour_and_joins_streams
     let out = query(&e, "SELECT count(*) FROM telemetry WHERE", "table");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("SQL error") && err.contains("line 1, column") && err.contains('^'), "{err}");
+    assert!(err.contains("SQL error") && err.contains("line 1, column 37") && err.contains('^'), "{err}");
+    let out = query(&e, "SELECT count(* FROM telemetry", "table");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("line 1, column 16") && err.contains("FROM"), "{err}");
     let out = query(&e, "SELECT * FROM nope", "table");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("nope") && err.contains("alarms, telemetry"), "{err}");
