@@ -75,6 +75,8 @@ pub enum ExportError {
     Meta(#[from] axle_engine::MetaError),
     #[error("the export checkpoint of partition {partition} is {len} bytes long, not 8: the metadata store is damaged; delete the key from the `exports` column family to export the partition again from its start")]
     BadCheckpoint { partition: String, len: usize },
+    #[error("could not start an export thread: {0}")]
+    Thread(std::io::Error),
     #[error("stream {0:?} is not configured; export names a stream from the `[[streams]]` tables")]
     UnknownStream(String),
 }

@@ -126,7 +126,7 @@ impl Export {
             let t = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || follow(px, st, rt, stop))
-                .map_err(|e| ExportError::io(std::path::Path::new("<thread>"), e))?;
+                .map_err(ExportError::Thread)?;
             threads.push(t);
         }
         Ok(ExportService { stats, stop: stop_tx, threads })

@@ -203,7 +203,7 @@ impl Sink {
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
         let r = match self {
-            Sink::Csv(w) => w.write(batch).map_err(|e| e.to_string()),
+            Sink::Csv(w) => nested_as_text(batch).and_then(|b| w.write(&b)).map_err(|e| e.to_string()),
             Sink::Json(w) => w.write(batch).map_err(|e| e.to_string()),
             Sink::Parquet(w) => w.write(batch).map_err(|e| e.to_string()),
         };
@@ -218,6 +218,39 @@ impl Sink {
         };
         r.map_err(QueryError::Output)
     }
+}
+
+/// `batch` with list, struct and map columns replaced by their text form (`[{key: a, value:
+/// 1}]`), which CSV cannot hold otherwise.
+fn nested_as_text(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{Array, StringBuilder};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+    if !batch.schema().fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !f.data_type().is_nested() {
+            fields.push(f.as_ref().clone());
+            columns.push(col.clone());
+            continue;
+        }
+        let fmt = ArrayFormatter::try_new(col.as_ref(), &FormatOptions::default())?;
+        let mut b = StringBuilder::new();
+        for i in 0..col.len() {
+            if col.is_null(i) {
+                b.append_null();
+            } else {
+                b.append_value(fmt.value(i).to_string());
+            }
+        }
+        fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        columns.push(Arc::new(b.finish()) as _);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 #[cfg(test)]

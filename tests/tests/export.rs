@@ -383,6 +383,9 @@ async fn axle_query_filters_by_time_aggregates_by_vin_and_hour_and_joins_streams
     let csv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(csv.lines().next(), Some("vin,n"), "{csv}");
     assert_eq!(csv.lines().count(), VINS + 1);
+    let out = query(&e, "SELECT \"offset\", user_properties, payload FROM telemetry WHERE fw IS NOT NULL LIMIT 1", "csv");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && csv.contains("[{key: fw, value: 1."), "{csv}{}", String::from_utf8_lossy(&out.stderr));
     let table = query(&e, "SELECT count(*) AS n FROM telemetry", "table");
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("| n ") && table.contains(&format!("| {N} ")), "{table}");
