@@ -95,6 +95,8 @@ pub struct Hub {
     pub auth: Arc<crate::auth::Auth>,
     /// Counters read by the metrics endpoint, `$SYS` and the admin API.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The Parquet exporters' counters and checkpoints, set once they run (for `/metrics`).
+    pub exports: RwLock<Vec<Arc<axle_query::ExportStats>>>,
     /// Set to `true` at shutdown: every connection ends with DISCONNECT 0x8B and saves its
     /// session.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -143,6 +145,7 @@ impl Hub {
             acl,
             auth,
             metrics,
+            exports: RwLock::new(Vec::new()),
             shutdown: tokio::sync::watch::channel(false).0,
             connections: std::sync::atomic::AtomicUsize::new(0),
         })

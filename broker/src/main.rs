@@ -1,5 +1,7 @@
 //! The `axle` binary.
 
+mod export_commands;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::User(cmd) => admin::user(cmd),
         Command::Ban(cmd) => admin::ban(cmd),
+        Command::Export(args) => export_commands::export(args),
+        Command::Query(args) => export_commands::query(args),
     }
 }
 
@@ -151,6 +155,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?,
     );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Parquet export of the streams with `[streams.export] enabled = true`: one thread per
+    // partition following the tail. `exports.stats()` holds its counters (for metrics).
+    let export_configs = cfg.export_configs(true)?;
+    let exports = axle_query::Export::plan(&engine, &export_configs, &cfg.export_settings())?
+        .spawn(rt.handle().clone())
+        .context("starting the Parquet exporters")?;
+    if !export_configs.is_empty() {
+        tracing::info!(streams = export_configs.len(), dir = %cfg.export_dir().display(), "Parquet export running");
+    }
     let data_dir = cfg.data_dir.clone();
     let tcp = cfg.listeners.tcp;
     let grpc = cfg.listeners.grpc;
@@ -160,6 +173,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let auth = axle_broker::auth::Auth::new(&cfg, engine.meta().clone()).context("setting up authentication")?;
         tracing::info!(chain = ?auth.chain_names(), "authentication");
         let hub = Hub::new(engine.clone(), cfg, acl, Arc::new(auth));
+        *hub.exports.write() = exports.stats().to_vec();
         hub.spawn_dispatchers();
         let (mqtt_addr, accept) =
             axle_broker::listener::tcp(hub.clone(), "tcp".into(), tcp).await.with_context(|| format!("binding MQTT/TCP on {tcp}"))?;
@@ -195,6 +209,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     });
+    // Exporters commit their open files before the log closes.
+    exports.stop();
     rt.shutdown_timeout(Duration::from_secs(5));
     engine.close().context("closing the log and metadata store")?;
     result?;

@@ -3,9 +3,11 @@
 //! override the file (see `load.rs`). `axle.toml.example` at the repository root lists every
 //! key with its default and unit.
 
+mod export;
 mod listeners;
 mod load;
 
+pub use export::{ExportColumn, ExportSection, StreamExportSection};
 pub use listeners::{ListenerKind, MqttListenerSection, PeerCertAsUsername, TlsSection};
 
 use std::net::SocketAddr;
@@ -39,6 +41,9 @@ pub struct Config {
     pub auth: AuthSection,
     /// Bans, flapping detection and per-client rate limits (`docs/auth.md`).
     pub protection: ProtectionSection,
+    /// Parquet export settings shared by every stream (`[export]`); which streams are
+    /// exported is set per stream (`[streams.export]`).
+    pub export: ExportSection,
     pub metrics: MetricsSection,
     pub admin: AdminSection,
     pub sys: SysSection,
@@ -156,6 +161,9 @@ pub struct StreamSection {
     /// `levels:N` or `client_id`.
     #[serde(default = "levels2")]
     pub key: String,
+    /// Parquet export of this stream (`[streams.export]`); none = not exported.
+    #[serde(default)]
+    pub export: Option<StreamExportSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +195,7 @@ impl Default for Config {
             node_id: "axle-1".into(),
             auth: AuthSection::default(),
             protection: ProtectionSection::default(),
+            export: ExportSection::default(),
             metrics: MetricsSection::default(),
             admin: AdminSection::default(),
             sys: SysSection::default(),
@@ -499,6 +508,13 @@ impl Config {
             return bad("node_id", "must be non-empty and free of `/`, `+` and `#` (it is a $SYS topic level)");
         }
         self.stream_configs()?;
+        self.export_configs(false)?;
+        if !(1..=22).contains(&self.export.zstd_level) {
+            return bad("export.zstd_level", "must be 1..=22");
+        }
+        if self.export.row_group_rows == 0 {
+            return bad("export.row_group_rows", "must be at least 1");
+        }
         self.auth.validate()?;
         self.protection.validate()?;
         let mut names = std::collections::HashSet::new();

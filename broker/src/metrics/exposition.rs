@@ -368,6 +368,38 @@ impl Collector for HubCollector {
             &lag,
         )?;
 
+        // The Parquet exporter.
+        let exports = hub.exports.read().clone();
+        let mut rows = Vec::new();
+        let mut files = Vec::new();
+        let mut failures = Vec::new();
+        let mut export_lag = Vec::new();
+        for e in &exports {
+            rows.push((vec![("stream", esc(&e.stream))], e.rows()));
+            files.push((vec![("stream", esc(&e.stream))], e.files()));
+            failures.push((vec![("stream", esc(&e.stream))], e.parse_failures()));
+            for p in &e.partitions {
+                let end = engine.partition_by_name(&p.partition).map_or(0, |h| h.log.bounds().end);
+                let lag = clamp(end.saturating_sub(p.checkpoint()));
+                export_lag.push((vec![("stream", esc(&e.stream)), ("partition", esc(&p.partition))], lag));
+            }
+        }
+        counters(&mut enc, "export_rows", "Rows written to committed Parquet files.", None, &rows)?;
+        counters(&mut enc, "export_files", "Parquet files committed.", None, &files)?;
+        counters(
+            &mut enc,
+            "export_payload_parse_failures",
+            "Payloads that were not valid JSON where typed JSON columns are declared (their typed columns are null; the rows are kept).",
+            None,
+            &failures,
+        )?;
+        gauges(
+            &mut enc,
+            "export_lag",
+            "Records of a partition not yet in a committed Parquet file.",
+            None,
+            &export_lag,
+        )?;
         Ok(())
     }
 }
