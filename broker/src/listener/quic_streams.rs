@@ -27,6 +27,11 @@ const MAX_QUEUED: usize = 4 << 20;
 /// holds the client back).
 const READ_AHEAD: usize = 256;
 
+/// Streams one connection may open over its lifetime (the control stream included). Each
+/// keeps a writer task until the connection ends, so without a bound a client opening and
+/// closing streams would grow them without limit; EMQX-style clients open a handful.
+const MAX_STREAMS: StreamIdx = 1024;
+
 /// State the writer tasks share with [`QuicStreams`].
 struct Shared {
     routes: Mutex<Routes>,
@@ -68,6 +73,11 @@ impl QuicStreams {
             tokio::spawn(async move {
                 let mut next: StreamIdx = 1;
                 while let Ok((send, recv)) = conn.accept_bi().await {
+                    if next >= MAX_STREAMS {
+                        tracing::info!(remote = %conn.remote_address(), "QUIC client opened more than {MAX_STREAMS} streams; closing");
+                        conn.close(0u32.into(), b"too many streams");
+                        break;
+                    }
                     // The writer is known before the first packet of the stream is read.
                     if new_tx.send((next, writer(shared.clone(), send))).is_err() {
                         break;
