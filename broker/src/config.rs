@@ -296,7 +296,9 @@ impl Config {
             let columns = e
                 .columns
                 .iter()
-                .map(|c| axle_query::TypedColumn::parse(&c.name, &c.ty, &c.from).map_err(|err| invalid(err.to_string())))
+                .map(|c| {
+                    axle_query::TypedColumn::parse(&c.name, &c.ty, &c.from).map_err(|err| invalid(err.to_string()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             axle_query::schema::validate_columns(&columns).map_err(|err| invalid(err.to_string()))?;
             out.push(axle_query::ExportConfig {
@@ -384,7 +386,8 @@ mod tests {
         .unwrap();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("stream t export") && err.contains("f32"), "{err}");
-        let unknown = toml::from_str::<Config>("[[streams]]\nname = \"t\"\nfilters = [\"#\"]\n[streams.export]\nroll_age = 5\n");
+        let unknown =
+            toml::from_str::<Config>("[[streams]]\nname = \"t\"\nfilters = [\"#\"]\n[streams.export]\nroll_age = 5\n");
         assert!(unknown.unwrap_err().to_string().contains("roll_age"));
     }
 }

@@ -81,7 +81,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let mut configs = cfg.export_configs(false)?;
     if !args.streams.is_empty() {
-        let known: Vec<String> = cfg.stream_configs()?.into_iter().map(|s| s.name).chain(["default".to_string()]).collect();
+        let known: Vec<String> =
+            cfg.stream_configs()?.into_iter().map(|s| s.name).chain(["default".to_string()]).collect();
         for name in &args.streams {
             if !known.contains(name) {
                 bail!("--stream {name}: no such stream; configured streams: {}", known.join(", "));
@@ -109,7 +110,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         streams: cfg.stream_configs()?,
         default_partitions: cfg.default_stream_partitions,
     };
-    let engine = Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?;
+    let engine =
+        Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?;
     let settings = cfg.export_settings();
     let plan = axle_query::Export::plan(&engine, &configs, &settings)?;
     let backlog = plan.backlog()?;
@@ -118,7 +120,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let progress = Progress::start(move |t| {
         let n = shown.load(Ordering::Relaxed);
         let pct = if backlog == 0 { 100.0 } else { n as f64 * 100.0 / backlog as f64 };
-        format!("exporting: {n} of {backlog} records ({pct:.0} %), {:.0} records/s", n as f64 / t.as_secs_f64().max(1e-3))
+        format!(
+            "exporting: {n} of {backlog} records ({pct:.0} %), {:.0} records/s",
+            n as f64 / t.as_secs_f64().max(1e-3)
+        )
     });
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = Instant::now();
@@ -200,8 +205,11 @@ fn run_query(cfg: &Config, args: &QueryArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Err(e @ sql::QueryError::Sql { .. }) => Err(anyhow::Error::new(e)
-                .context(format!("query failed (tables under {}: {})", root.display(), tables.join(", ")))),
+            Err(e @ sql::QueryError::Sql { .. }) => Err(anyhow::Error::new(e).context(format!(
+                "query failed (tables under {}: {})",
+                root.display(),
+                tables.join(", ")
+            ))),
             Err(e) => Err(e.into()),
         }
     })

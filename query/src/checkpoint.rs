@@ -15,10 +15,10 @@ pub fn load(meta: &MetaStore, partition: &str) -> Result<u64, ExportError> {
     match meta.get(FAMILY, partition.as_bytes())? {
         None => Ok(0),
         Some(v) => {
-            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| ExportError::BadCheckpoint {
-                partition: partition.to_string(),
-                len: v.len(),
-            })?;
+            let b: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| ExportError::BadCheckpoint { partition: partition.to_string(), len: v.len() })?;
             Ok(u64::from_le_bytes(b))
         }
     }

@@ -31,7 +31,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path().join("log"), LogConfig { fsync: FsyncPolicy::Never, ..LogConfig::default() }).unwrap();
+    let log =
+        Log::open(dir.path().join("log"), LogConfig { fsync: FsyncPolicy::Never, ..LogConfig::default() }).unwrap();
     let part = log.partition("t-0").unwrap();
     let meta = Arc::new(MetaStore::open(&dir.path().join("meta")).unwrap());
     Fixture { root: dir.path().join("export"), _dir: dir, log, part, meta }

@@ -78,7 +78,8 @@ impl OpenFile {
             fs::create_dir_all(dir).map_err(|e| ExportError::io(dir, e))?;
         }
         let file = File::create(&tmp).map_err(|e| ExportError::io(&tmp, e))?;
-        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), ex.schema().clone(), Some(props.clone()))?;
+        let writer =
+            ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), ex.schema().clone(), Some(props.clone()))?;
         Ok(OpenFile {
             hour,
             first_offset: first.offset,

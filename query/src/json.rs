@@ -19,7 +19,9 @@ pub const MAX_DEPTH: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A string; the span excludes the quotes. `escaped` tells whether it holds `\` escapes.
-    Str { escaped: bool },
+    Str {
+        escaped: bool,
+    },
     /// A number; the span is its text (valid JSON number grammar).
     Num,
     Bool(bool),

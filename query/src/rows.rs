@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, Int8Builder, ListArray,
-    StringBuilder, StructArray, TimestampMillisecondBuilder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, Int8Builder,
+    ListArray, StringBuilder, StructArray, TimestampMillisecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::SchemaRef;
@@ -189,11 +189,9 @@ impl RowBuilder {
         for (i, col) in self.ex.columns.iter().enumerate() {
             let value: Option<Value<'_>> = match &col.source {
                 ColumnSource::TopicLevel(n) => msg.topic.split('/').nth(n - 1).map(|s| Value::Text(s.as_bytes())),
-                ColumnSource::UserProperty(name) => msg
-                    .user_properties
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| Value::Text(v.as_bytes())),
+                ColumnSource::UserProperty(name) => {
+                    msg.user_properties.iter().find(|(k, _)| k == name).map(|(_, v)| Value::Text(v.as_bytes()))
+                }
                 ColumnSource::JsonPath(_) => {
                     if json_ok {
                         self.ex.json_slot[i].and_then(|s| self.found[s]).map(|f| Value::Json(f, payload))
@@ -224,7 +222,8 @@ impl RowBuilder {
             vec![Arc::new(self.prop_keys.finish()), Arc::new(self.prop_values.finish())],
             None,
         )?;
-        let list = ListArray::try_new(user_property_item(), OffsetBuffer::new(offsets.into()), Arc::new(entries), None)?;
+        let list =
+            ListArray::try_new(user_property_item(), OffsetBuffer::new(offsets.into()), Arc::new(entries), None)?;
         cols.push(Arc::new(list));
         cols.push(Arc::new(self.payload.finish()));
         for b in &mut self.typed {

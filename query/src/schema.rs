@@ -8,7 +8,8 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use crate::ExportError;
 
 /// Names of the fixed columns, in file order. Typed columns follow them.
-pub const FIXED_COLUMNS: [&str; 8] = ["ts", "topic", "partition", "offset", "client_id", "qos", "user_properties", "payload"];
+pub const FIXED_COLUMNS: [&str; 8] =
+    ["ts", "topic", "partition", "offset", "client_id", "qos", "user_properties", "payload"];
 
 /// Names the Hive layout adds as partition columns when the files are read as a table.
 pub const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use futures::StreamExt;
 use parquet::arrow::ArrowWriter;
 
@@ -103,7 +103,8 @@ fn parser_position(message: &str) -> Option<(u64, u64)> {
 /// The SQL line `line` (1-based) with a `^^^` marker under columns `col..col + width`.
 fn pointer(sql: &str, line: u64, col: u64, width: u64) -> String {
     let Some(text) = sql.lines().nth(line.saturating_sub(1) as usize) else { return String::new() };
-    let pad: String = text.chars().take(col.saturating_sub(1) as usize).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    let pad: String =
+        text.chars().take(col.saturating_sub(1) as usize).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
     format!("\n  at line {line}, column {col}:\n    {text}\n    {pad}{}", "^".repeat(width.clamp(1, 200) as usize))
 }
 
@@ -118,9 +119,8 @@ pub async fn context(root: &Path) -> Result<(SessionContext, Vec<String>), Query
     let mut names = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let is_stream = entry.path().is_dir()
-            && !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let is_stream =
+            entry.path().is_dir() && !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !is_stream {
             continue;
         }
@@ -133,8 +133,9 @@ pub async fn context(root: &Path) -> Result<(SessionContext, Vec<String>), Query
             Ok(s) => s,
             Err(_) => continue, // no files yet
         };
-        let table = ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(schema))
-            .map_err(|e| QueryError::from_df(e, ""))?;
+        let table =
+            ListingTable::try_new(ListingTableConfig::new(url).with_listing_options(options).with_schema(schema))
+                .map_err(|e| QueryError::from_df(e, ""))?;
         ctx.register_table(TableReference::bare(name.clone()), Arc::new(table))
             .map_err(|e| QueryError::from_df(e, ""))?;
         names.push(name);
@@ -213,8 +214,12 @@ impl Sink {
     fn finish(self) -> Result<(), QueryError> {
         let r = match self {
             Sink::Csv(w) => w.into_inner().flush().map_err(|e| e.to_string()),
-            Sink::Json(mut w) => w.finish().map_err(|e| e.to_string()).and_then(|_| w.into_inner().flush().map_err(|e| e.to_string())),
-            Sink::Parquet(w) => w.into_inner().map_err(|e| e.to_string()).and_then(|mut o| o.flush().map_err(|e| e.to_string())),
+            Sink::Json(mut w) => {
+                w.finish().map_err(|e| e.to_string()).and_then(|_| w.into_inner().flush().map_err(|e| e.to_string()))
+            }
+            Sink::Parquet(w) => {
+                w.into_inner().map_err(|e| e.to_string()).and_then(|mut o| o.flush().map_err(|e| e.to_string()))
+            }
         };
         r.map_err(QueryError::Output)
     }

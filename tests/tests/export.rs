@@ -59,7 +59,11 @@ fn payload(i: usize) -> String {
     match i % 10 {
         7 => format!("not json {{ {i}"),
         8 => format!("{{\"speed\": {i}.5, \"battery\": {{\"soc\""),
-        _ => format!("{{\"speed\":{}.5,\"battery\":{{\"soc\":0.{i:02},\"temp\":[1,2]}},\"alarm\":{}}}", i, i % 3 == 0),
+        _ => format!(
+            "{{\"speed\":{}.5,\"battery\":{{\"soc\":0.{i:02},\"temp\":[1,2]}},\"alarm\":{}}}",
+            i,
+            i.is_multiple_of(3)
+        ),
     }
 }
 
@@ -71,7 +75,7 @@ fn vin(i: usize) -> String {
 fn expected_typed(i: usize) -> (Option<f64>, Option<f64>, Option<bool>) {
     match i % 10 {
         7 | 8 => (None, None, None),
-        _ => (Some(i as f64 + 0.5), Some(format!("0.{i:02}").parse().unwrap()), Some(i % 3 == 0)),
+        _ => (Some(i as f64 + 0.5), Some(format!("0.{i:02}").parse().unwrap()), Some(i.is_multiple_of(3))),
     }
 }
 
@@ -147,7 +151,11 @@ async fn publish(port: u16, from: usize, to: usize, alarms: usize) {
     for i in from..to {
         let topic = format!("v/{}/telemetry", vin(i));
         let props = PublishProperties {
-            user_properties: if i % 3 == 0 { vec![("fw".into(), format!("1.{i}")), ("fw".into(), "x".into())] } else { vec![] },
+            user_properties: if i.is_multiple_of(3) {
+                vec![("fw".into(), format!("1.{i}")), ("fw".into(), "x".into())]
+            } else {
+                vec![]
+            },
             ..Default::default()
         };
         c.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload(i), props).await.unwrap();
@@ -169,7 +177,8 @@ async fn fetch_all(grpc: u16, stream: &str, partitions: u32) -> BTreeMap<(u32, u
     for p in 0..partitions {
         let mut offset = 0;
         loop {
-            let req = FetchRequest { stream: stream.into(), partition: p, offset, max_wait_ms: 100, ..Default::default() };
+            let req =
+                FetchRequest { stream: stream.into(), partition: p, offset, max_wait_ms: 100, ..Default::default() };
             let mut s = c.fetch(req).await.unwrap().into_inner();
             let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
             for r in resp.records {
@@ -279,7 +288,8 @@ async fn exported_files_match_the_log_in_pyarrow_and_duckdb() {
             .iter()
             .map(|p| (p["key"].as_str().unwrap().into(), p["value"].as_str().unwrap().into()))
             .collect();
-        let log_props: Vec<(String, String)> = r.user_properties.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+        let log_props: Vec<(String, String)> =
+            r.user_properties.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
         assert_eq!(props, log_props, "{key:?}");
         let i = index_of(r, &payloads);
         let (speed, soc, alarm) = expected_typed(i);
@@ -287,7 +297,7 @@ async fn exported_files_match_the_log_in_pyarrow_and_duckdb() {
         assert_eq!(row["speed"].as_f64(), speed, "speed of message {i}");
         assert_eq!(row["soc"].as_f64(), soc, "soc of message {i}");
         assert_eq!(row["alarm"].as_bool(), alarm, "alarm of message {i}");
-        assert_eq!(row["fw"].as_str().map(str::to_string), (i % 3 == 0).then(|| format!("1.{i}")));
+        assert_eq!(row["fw"].as_str().map(str::to_string), (i.is_multiple_of(3)).then(|| format!("1.{i}")));
     }
 
     let dk = &v["duckdb"];
@@ -383,9 +393,14 @@ async fn axle_query_filters_by_time_aggregates_by_vin_and_hour_and_joins_streams
     let csv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(csv.lines().next(), Some("vin,n"), "{csv}");
     assert_eq!(csv.lines().count(), VINS + 1);
-    let out = query(&e, "SELECT \"offset\", user_properties, payload FROM telemetry WHERE fw IS NOT NULL LIMIT 1", "csv");
+    let out =
+        query(&e, "SELECT \"offset\", user_properties, payload FROM telemetry WHERE fw IS NOT NULL LIMIT 1", "csv");
     let csv = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && csv.contains("[{key: fw, value: 1."), "{csv}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && csv.contains("[{key: fw, value: 1."),
+        "{csv}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table = query(&e, "SELECT count(*) AS n FROM telemetry", "table");
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("| n ") && table.contains(&format!("| {N} ")), "{table}");

@@ -85,7 +85,7 @@ fn payload(i: u64, ts: i64) -> String {
         20 + i % 15,
         i % 999_999,
         (i * 31) % 999_999,
-        i % 97 == 0,
+        i.is_multiple_of(97),
         100_000 + i / 10,
     )
 }
@@ -196,8 +196,15 @@ fn main() -> anyhow::Result<()> {
     }
     let python = args.python.clone().unwrap_or_else(|| {
         std::env::var("AXLE_TEST_PYTHON").ok().unwrap_or_else(|| {
-            let venv = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| "target".into()).join("pyenv/bin/python");
-            if venv.exists() { venv.display().to_string() } else { "python3".into() }
+            let venv = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| "target".into())
+                .join("pyenv/bin/python");
+            if venv.exists() {
+                venv.display().to_string()
+            } else {
+                "python3".into()
+            }
         })
     });
     let tmp;
@@ -214,7 +221,11 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&cfg, config(args.partitions))?;
     let built = Instant::now();
     let log_bytes = build_backlog(&data, args.records, args.partitions)?;
-    println!("built the log in {:.1} s: {:.1} log bytes per record", built.elapsed().as_secs_f64(), log_bytes as f64 / args.records as f64);
+    println!(
+        "built the log in {:.1} s: {:.1} log bytes per record",
+        built.elapsed().as_secs_f64(),
+        log_bytes as f64 / args.records as f64
+    );
 
     let (took, _) = run(Command::new(&axle).arg("export").arg("--config").arg(&cfg).arg("--data-dir").arg(&data))?;
     let root = data.join("export");
@@ -247,7 +258,8 @@ fn main() -> anyhow::Result<()> {
         duck_rows = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         duck_inner = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
     }
-    let (_, out) = run(Command::new(&python).args(["-c", DUCKDB_SCRIPT]).arg(&root).arg(QUERY).arg(args.runs.to_string()))?;
+    let (_, out) =
+        run(Command::new(&python).args(["-c", DUCKDB_SCRIPT]).arg(&root).arg(QUERY).arg(args.runs.to_string()))?;
     if let Some(t) = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
         duck_inner = t;
     }
@@ -258,6 +270,10 @@ fn main() -> anyhow::Result<()> {
     println!("aggregate query ({axle_rows} groups), median of {} runs:", args.runs);
     println!("  axle query (process, DataFusion): {a:.3} s");
     println!("  duckdb (python process):          {dp:.3} s   (query alone inside the process: {duck_inner:.3} s)");
-    println!("  ratio axle/duckdb: {:.2}x (processes), {:.2}x (vs DuckDB's in-process query time)", a / dp, a / duck_inner);
+    println!(
+        "  ratio axle/duckdb: {:.2}x (processes), {:.2}x (vs DuckDB's in-process query time)",
+        a / dp,
+        a / duck_inner
+    );
     Ok(())
 }
