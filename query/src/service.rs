@@ -21,13 +21,13 @@ use crate::{ExportConfig, ExportError, ExportSettings};
 /// Pause before retrying a partition whose export failed (disk full, permissions).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// One partition to export: its log, its number in the stream, and its checkpoint counters.
-type PartitionJob = (Partition, u32, Arc<PartitionExportStats>);
+/// A partition to export: its log partition, its number in the stream, its counters.
+type Planned = (Partition, u32, Arc<PartitionExportStats>);
 
 /// The exports of a set of streams, ready to run.
 pub struct Export {
     meta: Arc<MetaStore>,
-    streams: Vec<(Arc<StreamExport>, Vec<PartitionJob>)>,
+    streams: Vec<(Arc<StreamExport>, Vec<Planned>)>,
 }
 
 impl Export {
@@ -43,7 +43,7 @@ impl Export {
                 .iter()
                 .position(|s| s.name == cfg.stream)
                 .ok_or_else(|| ExportError::UnknownStream(cfg.stream.clone()))?;
-            let parts: Vec<(Partition, u32, Arc<PartitionExportStats>)> = engine
+            let parts: Vec<Planned> = engine
                 .partitions()
                 .iter()
                 .filter(|p| p.stream == si)
