@@ -1,6 +1,6 @@
 //! Operator views of consumer groups (for the admin API and metrics) and offset resets.
 
-use super::{offset_key, stream_key, GroupError, GroupStoreError, Groups, Strategy, FAMILY};
+use super::{stream_key, GroupError, GroupStoreError, Groups, Strategy, FAMILY};
 
 /// One member of a live group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,11 +90,7 @@ impl Groups {
         if c.groups.get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(GroupError::Active { group: group.to_string() }.into());
         }
-        let keys: Vec<(Vec<u8>, [u8; 8])> =
-            offsets.iter().map(|(p, o)| (offset_key(group, *p), o.to_le_bytes())).collect();
-        let ops: Vec<crate::meta::MetaOp<'_>> =
-            keys.iter().map(|(k, v)| crate::meta::MetaOp::Put { family: FAMILY, key: k, value: v }).collect();
-        self.meta.write_batch(&ops, true)?;
+        self.write_offsets(group, offsets)?;
         drop(c);
         Ok(())
     }

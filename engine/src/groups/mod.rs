@@ -513,12 +513,19 @@ impl Groups {
         // Hold the lock across the write so a rebalance cannot slip between check and write.
         let mut c = self.coordinator.lock();
         c.check_commit(group, member, generation, &partitions, now_ms)?;
+        self.write_offsets(group, offsets)?;
+        drop(c);
+        Ok(())
+    }
+
+    /// Stores `(partition, next offset)` pairs of `group` durably, in one batch. Callers hold
+    /// the coordinator lock so that membership cannot change between their check and this.
+    fn write_offsets(&self, group: &str, offsets: &[(u32, u64)]) -> Result<(), GroupStoreError> {
         let keys: Vec<(Vec<u8>, [u8; 8])> =
             offsets.iter().map(|(p, o)| (offset_key(group, *p), o.to_le_bytes())).collect();
         let ops: Vec<crate::meta::MetaOp<'_>> =
             keys.iter().map(|(k, v)| crate::meta::MetaOp::Put { family: FAMILY, key: k, value: v }).collect();
         self.meta.write_batch(&ops, true)?;
-        drop(c);
         Ok(())
     }
 
