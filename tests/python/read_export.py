@@ -35,7 +35,10 @@ def main():
     pattern = os.path.join(root, stream, "date=*", "hour=*", "*.parquet")
     files = sorted(glob.glob(pattern))
     con = duckdb.connect()
-    src = f"read_parquet('{os.path.join(root, stream)}/**/*.parquet', hive_partitioning = true)"
+    # DuckDB keeps a Hive value with a leading zero ("hour=07") as VARCHAR, since casting it
+    # would not round-trip; the types are therefore given, as a data team would.
+    src = (f"read_parquet('{os.path.join(root, stream)}/**/*.parquet', hive_partitioning = true, "
+           "hive_types = {'date': DATE, 'hour': INTEGER})")
     if mode == "count":
         total, distinct = con.execute(f'SELECT count(*), count(DISTINCT (partition, "offset")) FROM {src}').fetchone()
         parts = con.execute(

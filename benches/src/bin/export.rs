@@ -175,7 +175,7 @@ const DUCKDB_SCRIPT: &str = r#"
 import sys, time, duckdb
 root, sql, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 con = duckdb.connect()
-con.execute(f"CREATE VIEW telemetry AS SELECT * FROM read_parquet('{root}/telemetry/**/*.parquet', hive_partitioning = true)")
+con.execute(f"CREATE VIEW telemetry AS SELECT * FROM read_parquet('{root}/telemetry/**/*.parquet', hive_partitioning = true, hive_types = {{'date': DATE, 'hour': INTEGER}})")
 times = []
 for _ in range(runs):
     t = time.perf_counter()
