@@ -8,5 +8,13 @@ pub mod v1 {
     tonic::include_proto!("axle.v1");
 }
 
+/// `axle.cluster.v1`: the node-to-node RPCs of a cluster (`proto/axle/cluster/v1/`).
+pub mod cluster {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("axle.cluster.v1");
+    }
+}
+
 /// The `.proto` source, for clients that generate their own stubs (e.g. Python's grpcio-tools).
 pub const CONSUMER_PROTO: &str = include_str!("../axle/v1/consumer.proto");
