@@ -5,6 +5,7 @@
 //! in topics and messages, never in MQTT packets, and never touches segment files: those
 //! belong to `axle-log`.
 
+pub mod cluster;
 pub mod groups;
 pub mod message;
 pub mod meta;

@@ -8,5 +8,14 @@ pub mod v1 {
     tonic::include_proto!("axle.v1");
 }
 
+/// `axle.cluster.v1`: the cluster RPC between Axle nodes (Raft, proposal forwarding,
+/// heartbeats); see `proto/axle/cluster/v1/raft.proto`. Internal to a cluster.
+pub mod cluster {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("axle.cluster.v1");
+    }
+}
+
 /// The `.proto` source, for clients that generate their own stubs (e.g. Python's grpcio-tools).
 pub const CONSUMER_PROTO: &str = include_str!("../axle/v1/consumer.proto");
