@@ -8,7 +8,9 @@ pub mod v1 {
     tonic::include_proto!("axle.v1");
 }
 
-/// `axle.cluster.v1`: the node-to-node RPCs of a cluster (`proto/axle/cluster/v1/`).
+/// `axle.cluster.v1`: the cluster RPC between Axle nodes (Raft, proposal forwarding,
+/// heartbeats, replication, publish forwarding); see `proto/axle/cluster/v1/`. Internal to a
+/// cluster.
 pub mod cluster {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]

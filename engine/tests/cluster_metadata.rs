@@ -1,0 +1,190 @@
+//! A 3-node metadata cluster in one process on 127.0.0.1 (ephemeral ports, one tonic server
+//! per node): Raft leader election, proposals from any node, failover of partition leadership
+//! when the Raft leader's node stops, and the stopped node rejoining from its raft directory.
+//!
+//! Timeouts are generous and nothing asserts on elapsed time: the machine is slow and shared.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axle_engine::cluster::{ClusterConfig, ClusterState, MetaCommand, MetaReply, Metadata, NodeId, NodeInfo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Node {
+    meta: Arc<Metadata>,
+    stop_server: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+struct Cluster {
+    addrs: Vec<(NodeId, SocketAddr)>,
+    dirs: Vec<PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn config(&self, id: NodeId) -> ClusterConfig {
+        let listen = self.addrs[(id - 1) as usize].1;
+        ClusterConfig {
+            node_id: id,
+            listen,
+            advertise: String::new(),
+            seeds: self.addrs.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+            heartbeat_ms: 100,
+            node_timeout_ms: 2_000,
+            raft_dir: self.dirs[(id - 1) as usize].clone(),
+        }
+    }
+
+    fn info(&self, id: NodeId) -> NodeInfo {
+        NodeInfo {
+            id,
+            cluster_addr: self.addrs[(id - 1) as usize].1.to_string(),
+            mqtt_addr: format!("127.0.0.1:{}", 18830 + id),
+            grpc_addr: format!("127.0.0.1:{}", 19090 + id),
+        }
+    }
+
+    /// Starts node `id` on `listener` (bound to its address).
+    async fn start(&self, id: NodeId, listener: TcpListener) -> Node {
+        let meta = Metadata::start(self.config(id), self.info(id)).await.expect("metadata starts");
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let svc = meta.raft_service();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("cluster RPC server runs");
+        });
+        Node { meta, stop_server, server }
+    }
+}
+
+impl Node {
+    /// Stops the RPC server and the metadata node, as a process exit would.
+    async fn stop(self) {
+        let _ = self.stop_server.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(20), &mut server).await.is_err() {
+            server.abort();
+        }
+        self.meta.shutdown().await;
+    }
+}
+
+/// Polls `check` until it holds, panicking with `what` after [`WAIT`].
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn controller_of(nodes: &[&Node]) -> Option<NodeId> {
+    nodes.iter().find(|n| n.meta.is_controller()).map(|n| n.meta.node_id())
+}
+
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "cannot bind {addr} again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_elect_replicate_fail_over_and_rejoin() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for id in 1..=3u64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push((id, l.local_addr().unwrap()));
+        listeners.push(l);
+    }
+    let dirs = (1..=3).map(|id| tmp.path().join(format!("node{id}/raft"))).collect();
+    let cluster = Cluster { addrs, dirs, _tmp: tmp };
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        nodes.push(Some(cluster.start(i as u64 + 1, l).await));
+    }
+
+    // A Raft leader is elected and every node registers itself.
+    for n in nodes.iter().flatten() {
+        n.meta.wait_ready(WAIT).await.expect("node becomes ready");
+    }
+    let all: Vec<&Node> = nodes.iter().flatten().collect();
+    eventually("every node sees three members", || all.iter().all(|n| n.meta.state().nodes.len() == 3)).await;
+    eventually("one node is the controller", || controller_of(&all).is_some()).await;
+    let leader = controller_of(&all).unwrap();
+
+    // A proposal on a follower is forwarded to the leader and applied everywhere.
+    let follower = all.iter().find(|n| n.meta.node_id() != leader).unwrap();
+    let names: Vec<String> = (0..3).map(|i| format!("t-{i}")).collect();
+    let reply = follower.meta.propose(MetaCommand::EnsurePartitions { names: names.clone() }).await.unwrap();
+    assert_eq!(reply, MetaReply::Applied);
+    eventually("every node sees the partitions", || all.iter().all(|n| n.meta.state().partitions.len() == 3)).await;
+    let before: Arc<ClusterState> = follower.meta.state();
+    assert!(all.iter().all(|n| *n.meta.state() == *before), "every node applied the same state");
+    let p0 = &before.partitions["t-0"];
+    assert_eq!((p0.leader, p0.epoch, p0.isr.clone()), (Some(1), 1, vec![1, 2, 3]));
+    // A stale compare-and-set is answered, not an error.
+    let stale = MetaCommand::SetIsr { partition: "t-0".into(), leader: 2, epoch: 1, isr: vec![2] };
+    assert!(matches!(follower.meta.propose(stale).await.unwrap(), MetaReply::Rejected(_)));
+
+    // Stop the Raft leader's node; the others elect a new Raft leader, and its controller moves
+    // leadership of the partitions the stopped node led.
+    let led: Vec<String> =
+        before.partitions.iter().filter(|(_, p)| p.leader == Some(leader)).map(|(n, _)| n.clone()).collect();
+    assert!(!led.is_empty(), "round-robin gave the Raft leader's node a partition");
+    let stopped = nodes[(leader - 1) as usize].take().unwrap();
+    stopped.stop().await;
+    let rest: Vec<&Node> = nodes.iter().flatten().collect();
+    eventually("a new controller is elected", || controller_of(&rest).is_some_and(|c| c != leader)).await;
+    eventually("leadership moved off the stopped node with a bumped epoch", || {
+        rest.iter().all(|n| {
+            let s = n.meta.state();
+            led.iter().all(|name| {
+                let (old, new) = (&before.partitions[name], &s.partitions[name]);
+                new.leader.is_some_and(|l| l != leader) && new.epoch > old.epoch && !new.isr.contains(&leader)
+            })
+        })
+    })
+    .await;
+    // The survivors still take proposals.
+    let survivor = rest[0];
+    let reply = survivor.meta.propose(MetaCommand::EnsurePartitions { names: vec!["u-0".into()] }).await.unwrap();
+    assert_eq!(reply, MetaReply::Applied);
+
+    // The stopped node restarts from its raft directory, rejoins and catches up.
+    let listener = bind_retrying(cluster.addrs[(leader - 1) as usize].1).await;
+    let restarted = cluster.start(leader, listener).await;
+    restarted.meta.wait_ready(WAIT).await.expect("restarted node becomes ready");
+    eventually("the restarted node sees the current state", || {
+        let current = survivor.meta.state();
+        current.partitions.contains_key("u-0") && *restarted.meta.state() == *current
+    })
+    .await;
+    nodes[(leader - 1) as usize] = Some(restarted);
+
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
