@@ -85,12 +85,16 @@ pub struct PublisherSpec {
     pub ack_timeout: Duration,
     /// Payload bytes.
     pub payload: usize,
+    /// MQTT keepalive: a connection to a node that answers nothing fails after about twice
+    /// this (no PINGRESP).
+    pub keep_alive: Duration,
     /// Stop producing after this many messages (all topics together); `None`: until stopped.
     pub max_messages: Option<u64>,
 }
 
 impl PublisherSpec {
-    /// A client on `home` at `rate` msgs/s over 4 topics, 16 in flight, 10 s ack timeout.
+    /// A client on `home` at `rate` msgs/s over 4 topics, 16 in flight, 10 s ack timeout, 5 s
+    /// keepalive.
     pub fn new(client: u32, home: u32, rate: f64) -> PublisherSpec {
         PublisherSpec {
             client,
@@ -100,6 +104,7 @@ impl PublisherSpec {
             window: 16,
             ack_timeout: Duration::from_secs(10),
             payload: 64,
+            keep_alive: Duration::from_secs(5),
             max_messages: None,
         }
     }
@@ -255,7 +260,7 @@ async fn publish(
             continue;
         };
         let mut o = MqttOptions::new(format!("pub-{}", spec.client), addr.ip().to_string(), addr.port());
-        o.set_keep_alive(Duration::from_secs(5));
+        o.set_keep_alive(spec.keep_alive);
         o.set_clean_session(true);
         o.set_inflight(100);
         let (client, mut el) = AsyncClient::new(o, 1000);
