@@ -118,6 +118,14 @@ pub fn node_config(id: u32, n: u32, port: u16, streams: &str) -> String {
     )
 }
 
+/// The port of `field=ADDR` in an "axle serving" line.
+fn serving_port(line: &str, field: &str) -> Option<u16> {
+    let needle = format!(" {field}=");
+    let at = line.find(&needle)? + needle.len();
+    let addr: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -209,10 +217,9 @@ impl Cluster {
                 panic!("node {id} exited while starting ({status}):\n{logs}");
             }
             if ports.is_none() {
-                let mqtt = server.wait_mqtt_port(Duration::ZERO);
-                let grpc = server.wait_grpc_port(Duration::ZERO);
-                if let (Some(m), Some(g)) = (mqtt, grpc) {
-                    ports = Some((m, g));
+                let out = server.output();
+                if let Some(line) = out.lines().rev().find(|l| l.contains("axle serving")) {
+                    ports = serving_port(line, "mqtt_tcp").zip(serving_port(line, "grpc"));
                 }
             }
             if let Some((m, g)) = ports {
