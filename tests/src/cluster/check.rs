@@ -37,8 +37,8 @@ pub fn decode(payload: &[u8]) -> Option<MsgId> {
 pub struct Ledger {
     /// Messages whose PUBACK arrived, in the order the PUBACKs arrived.
     pub acked: Vec<MsgId>,
-    /// Messages written to a connection more than once (resent with DUP after the connection
-    /// they were first written to failed or timed out): only these may appear twice.
+    /// Messages handed to more than one connection (resent with DUP after the connection they
+    /// were first handed to failed or timed out unacknowledged): only these may appear twice.
     pub retried: HashSet<MsgId>,
     /// Per publisher stream, how many messages were handed to MQTT (seq `0..sent`).
     pub sent: HashMap<u32, u64>,

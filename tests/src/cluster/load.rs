@@ -195,8 +195,10 @@ impl Load {
 /// A message handed to MQTT and not yet acknowledged.
 struct Pending {
     id: MsgId,
-    /// Times it was written to a connection (an `Outgoing::Publish` event).
-    writes: u32,
+    /// Connections (that got a CONNACK) it was handed to. Counted at hand-off, not at the
+    /// write: rumqttc may lose the write event of a connection that fails, and a message
+    /// handed to a failing connection may have reached the broker.
+    handed: u32,
     written_at: Option<Instant>,
 }
 
@@ -265,13 +267,13 @@ async fn publish(
         o.set_inflight(100);
         let (client, mut el) = AsyncClient::new(o, 1000);
         el.network_options.set_connection_timeout(5);
-        // Everything unacknowledged goes first, in hand-off order; DUP if written before.
+        // Everything unacknowledged goes first, in hand-off order; DUP if handed over before.
         let mut unwritten: VecDeque<u64> = VecDeque::new();
         for (k, m) in pending.iter_mut() {
             // The ack timeout runs from the write on this connection.
             m.written_at = None;
             let mut p = Publish::new(topic(m.id.publisher), QoS::AtLeastOnce, encode(m.id, spec.payload));
-            p.dup = m.writes > 0;
+            p.dup = m.handed > 0;
             el.pending.push_back(Request::Publish(p));
             unwritten.push_back(*k);
         }
@@ -296,17 +298,21 @@ async fn publish(
                         connected = true;
                         skip = 0;
                         report.connections += 1;
+                        // The resends queued above go out on this connection now.
+                        let mut ledger = shared.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                        for m in pending.values_mut() {
+                            m.handed += 1;
+                            if m.handed > 1 {
+                                ledger.retried.insert(m.id);
+                            }
+                        }
                     }
                     Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                         let Some(k) = unwritten.pop_front() else {
                             break Some(format!("node {node}: a PUBLISH went out that was not handed over"));
                         };
                         if let Some(m) = pending.get_mut(&k) {
-                            m.writes += 1;
                             m.written_at = Some(Instant::now());
-                            if m.writes > 1 {
-                                shared.ledger.lock().unwrap_or_else(|e| e.into_inner()).retried.insert(m.id);
-                            }
                         }
                         by_pkid.insert(pkid, k);
                     }
@@ -332,7 +338,7 @@ async fn publish(
                     produced += 1;
                     shared.ledger.lock().unwrap_or_else(|e| e.into_inner()).sent.insert(id.publisher, next_seq[t]);
                     handoffs += 1;
-                    pending.insert(handoffs, Pending { id, writes: 0, written_at: None });
+                    pending.insert(handoffs, Pending { id, handed: 1, written_at: None });
                     unwritten.push_back(handoffs);
                     // After a stall, go on at the rate instead of bursting to catch up.
                     next_due = (next_due + interval).max(Instant::now() - interval);
