@@ -18,4 +18,5 @@ pub fn median(values: &[f64]) -> f64 {
     percentile(&v, 50.0)
 }
 
+pub mod cluster;
 pub mod mqtt;

@@ -12,9 +12,22 @@ pub fn host_for(i: usize) -> String {
     format!("127.0.0.{}", 1 + (i / 2_000) % 250)
 }
 
-/// A client (MQTT 3.1.1) with `inflight` QoS 1 messages in flight and a 30 s connect timeout.
+/// A client (MQTT 3.1.1) with `inflight` QoS 1 messages in flight and a 30 s connect timeout,
+/// to `port` on [`host_for`]`(i)`.
 pub fn client(id: String, i: usize, port: u16, clean: bool, inflight: u16, cap: usize) -> (AsyncClient, EventLoop) {
-    let mut o = MqttOptions::new(id, host_for(i), port);
+    client_at(id, host_for(i), port, clean, inflight, cap)
+}
+
+/// [`client`] to an explicit `host:port` (a cluster node on its own loopback address).
+pub fn client_at(
+    id: String,
+    host: String,
+    port: u16,
+    clean: bool,
+    inflight: u16,
+    cap: usize,
+) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(120));
     o.set_clean_session(clean);
     o.set_inflight(inflight);

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use rumqttc::{Event, Incoming, Outgoing, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::client::{client, disconnect, parse_payload, payload, wait_connack, wait_suback};
+use super::client::{client_at, disconnect, host_for, parse_payload, payload, wait_connack, wait_suback};
 use crate::percentile;
 
 #[derive(Clone, Debug)]
@@ -26,6 +26,14 @@ pub struct FanInParams {
     /// Aggregate publish rate (msgs/s) spread evenly over the publishers; `None` = as fast as
     /// the in-flight window allows.
     pub rate: Option<f64>,
+}
+
+/// Where the clients connect when not all to one broker: publisher `i` to
+/// `publishers[i % len]`, every consumer to `consumers` (a shared subscription is per node).
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub publishers: Vec<(String, u16)>,
+    pub consumers: (String, u16),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -70,7 +78,19 @@ pub(crate) struct PubStats {
     last_ack: Instant,
 }
 
+/// Runs the workload against one broker on `p.port` (clients spread over 127.0.0.x by
+/// [`host_for`]).
 pub async fn run(p: FanInParams) -> anyhow::Result<FanInResult> {
+    run_at(p, None).await
+}
+
+/// Runs the workload with the clients at `targets` (`None`: as [`run`]).
+pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<FanInResult> {
+    let publisher_at = |i: usize| match &targets {
+        Some(t) if !t.publishers.is_empty() => t.publishers[i % t.publishers.len()].clone(),
+        _ => (host_for(i), p.port),
+    };
+    let consumer_at = |c: usize| targets.as_ref().map_or_else(|| (host_for(c), p.port), |t| t.consumers.clone());
     let total = (p.publishers * p.messages) as u64;
     let shared = Arc::new(Shared {
         seen: (0..total).map(|_| AtomicU32::new(0)).collect(),
@@ -82,7 +102,8 @@ pub async fn run(p: FanInParams) -> anyhow::Result<FanInResult> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut consumers = Vec::new();
     for c in 0..p.consumers {
-        let (cl, mut el) = client(format!("consumer-{c}-{}", rand::random::<u32>()), c, p.port, true, 100, 100);
+        let (host, port) = consumer_at(c);
+        let (cl, mut el) = client_at(format!("consumer-{c}-{}", rand::random::<u32>()), host, port, true, 100, 100);
         cl.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
         wait_connack(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
         wait_suback(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
@@ -111,9 +132,10 @@ pub async fn run(p: FanInParams) -> anyhow::Result<FanInResult> {
     for i in 0..p.publishers {
         let (ready, mut start, gate) = (ready_tx.clone(), start_rx.clone(), connect_gate.clone());
         let p = p.clone();
+        let (host, port) = publisher_at(i);
         publishers.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let (cl, mut el) = client(format!("pub-{i}-{}", rand::random::<u32>()), i, p.port, true, 100, 200);
+            let (cl, mut el) = client_at(format!("pub-{i}-{}", rand::random::<u32>()), host, port, true, 100, 200);
             let connected = wait_connack(&mut el, 60).await.with_context(|| format!("publisher {i}"));
             drop(permit);
             let failed = connected.is_err();
