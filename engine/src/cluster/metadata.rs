@@ -350,7 +350,9 @@ impl Metadata {
                 return Ok(());
             }
             if start.elapsed() >= CONTROLLED_SHUTDOWN_TIMEOUT {
-                return Err(ClusterError::NoLeader { waited_ms: start.elapsed().as_millis() as u64 });
+                return Err(ClusterError::HandOverIncomplete {
+                    partitions: led.into_iter().map(|(n, _)| n.clone()).collect(),
+                });
             }
             for (name, p) in led {
                 let mut chosen = None;
@@ -379,12 +381,14 @@ impl Metadata {
                     leader: next,
                     isr: p.isr.iter().copied().filter(|n| *n != me).collect(),
                 };
-                match self.propose(cmd).await {
-                    Ok(MetaReply::Applied) => {
+                let left = CONTROLLED_SHUTDOWN_TIMEOUT.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, self.propose(cmd)).await {
+                    Ok(Ok(MetaReply::Applied)) => {
                         tracing::info!(partition = %name, leader = next, "handed over leadership")
                     }
-                    Ok(MetaReply::Rejected(why)) => tracing::debug!(partition = %name, %why, "hand-over was stale"),
-                    Err(e) => return Err(e),
+                    Ok(Ok(MetaReply::Rejected(why))) => tracing::debug!(partition = %name, %why, "hand-over was stale"),
+                    Ok(Err(e)) => tracing::warn!(partition = %name, error = %e, "hand-over not committed"),
+                    Err(_) => break,
                 }
             }
             // Probe again next round: a node may have come or gone.
@@ -419,9 +423,10 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        match weak.upgrade() {
-            Some(meta) => f(meta).await,
-            None => return,
+        let Some(meta) = weak.upgrade() else { return };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = f(meta) => {}
         }
         tokio::select! {
             _ = stop.changed() => return,
