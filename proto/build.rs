@@ -8,10 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=axle/v1/consumer.proto");
     println!("cargo:rerun-if-changed=axle/cluster/v1/raft.proto");
+    println!("cargo:rerun-if-changed=axle/cluster/v1/replica.proto");
     // `bytes` fields as `bytes::Bytes`: record keys and payloads go from the log read buffer
     // to the wire without a copy.
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_protos(&["axle/v1/consumer.proto", "axle/cluster/v1/raft.proto"], &["."])?;
+    tonic_prost_build::configure().bytes(".").compile_protos(
+        &["axle/v1/consumer.proto", "axle/cluster/v1/raft.proto", "axle/cluster/v1/replica.proto"],
+        &["."],
+    )?;
     Ok(())
 }

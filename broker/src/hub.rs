@@ -216,6 +216,7 @@ impl Hub {
             let hub = self.clone();
             let pid = p.id;
             let part = p.log.clone();
+            let replicated = self.engine.replicator().is_some();
             tokio::spawn(async move {
                 let mut reader = part.tail(part.bounds().end).with_limits(1024, 4 << 20);
                 loop {
@@ -223,6 +224,9 @@ impl Hub {
                         Ok(records) => {
                             for r in records {
                                 if let Some(m) = Message::from_record(&r) {
+                                    if m.retain && replicated {
+                                        hub.set_retained(&m);
+                                    }
                                     hub.dispatch(pid, r.offset, Arc::new(m));
                                 }
                             }
@@ -301,6 +305,15 @@ impl Hub {
     }
 
     /// Stores or clears (empty payload) the retained message of `msg.topic`.
+    /// Keeps a retained PUBLISH as it arrives, on a single node. In a cluster every node
+    /// keeps retained messages from the committed records its dispatchers read instead, so
+    /// that each node has them and none is kept that was not committed.
+    pub fn retain_on_publish(&self, msg: &Message) {
+        if msg.retain && self.engine.replicator().is_none() {
+            self.set_retained(msg);
+        }
+    }
+
     pub fn set_retained(&self, msg: &Message) {
         let meta = self.engine.meta();
         let result = if msg.payload.is_empty() {

@@ -1,5 +1,6 @@
 //! The `axle` binary.
 
+mod cluster_node;
 mod export_commands;
 
 use std::sync::Arc;
@@ -155,6 +156,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Engine::open(engine_cfg).with_context(|| format!("opening the data directory {}", cfg.data_dir.display()))?,
     );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // In a cluster, partitions go under their high watermark before anything reads them.
+    let cluster = if cfg.cluster.enabled { Some(rt.block_on(cluster_node::start(&cfg, &engine))?) } else { None };
     // Parquet export of the streams with `[streams.export] enabled = true`: one thread per
     // partition following the tail. `exports.stats()` holds its counters (for metrics).
     let export_configs = cfg.export_configs(true)?;
@@ -201,11 +204,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         for l in &listeners {
             l.abort();
         }
+        if let Some(c) = &cluster {
+            c.hand_over().await;
+        }
         grpc_task.abort();
         http_task.abort();
         let open = hub.shut_down_connections(Duration::from_secs(10)).await;
         if open > 0 {
             tracing::warn!(open, "connections still open after 10 s; their sessions keep their last saved state");
+        }
+        if let Some(c) = cluster {
+            c.stop().await;
         }
         Ok::<_, anyhow::Error>(())
     });

@@ -47,9 +47,7 @@ fn message(topic: String, payload: String, retain: bool) -> Message {
 }
 
 async fn publish(hub: &Hub, msg: Message) {
-    if msg.retain {
-        hub.set_retained(&msg);
-    }
+    hub.retain_on_publish(&msg);
     if let Err(e) = hub.engine.publish(&msg).await {
         tracing::warn!(topic = %msg.topic, error = %e, "could not publish a $SYS message");
     }

@@ -54,9 +54,7 @@ pub fn schedule(hub: &Arc<Hub>, client_id: &str, will: Will, session_expiry: u32
 
 async fn publish(hub: &Hub, mut msg: Message) {
     msg.timestamp = axle_engine::log::now_ms();
-    if msg.retain {
-        hub.set_retained(&msg);
-    }
+    hub.retain_on_publish(&msg);
     if let Err(e) = hub.engine.publish(&msg).await {
         tracing::error!(topic = %msg.topic, error = %e, "could not publish a will message");
     }

@@ -9,11 +9,15 @@ pub mod cluster;
 pub mod groups;
 pub mod message;
 pub mod meta;
+pub mod replica;
 pub mod stream;
 pub mod topic;
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 pub use axle_log as log;
 use axle_log::{Log, LogConfig};
@@ -28,8 +32,28 @@ pub enum EngineError {
     Log(#[from] axle_log::LogError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Replica(#[from] replica::ReplicaError),
     #[error("invalid stream configuration: {0}")]
     Config(String),
+}
+
+/// A publish queued for appending; resolves with its offset once acknowledged (durable on
+/// a single node; under the stream's `acks` in a cluster).
+pub enum PendingPublish {
+    Local(axle_log::PendingAppend),
+    Replicated(replica::Publishing),
+}
+
+impl Future for PendingPublish {
+    type Output = Result<u64, EngineError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            PendingPublish::Local(p) => Pin::new(p).poll(cx).map(|r| r.map(|a| a.base_offset).map_err(Into::into)),
+            PendingPublish::Replicated(f) => f.as_mut().poll(cx).map_err(Into::into),
+        }
+    }
 }
 
 /// Everything the engine needs to open.
@@ -65,6 +89,8 @@ pub struct Engine {
     groups: groups::Groups,
     /// `first[s]` = id of partition 0 of stream `s`.
     first: Vec<usize>,
+    /// Set once when the node runs in a cluster: appends then go through replication.
+    replicator: OnceLock<Arc<replica::Replicator>>,
 }
 
 impl Engine {
@@ -84,7 +110,7 @@ impl Engine {
             }
         }
         let groups = groups::Groups::open(meta.clone())?;
-        Ok(Engine { log, meta, streams, partitions, first, groups })
+        Ok(Engine { log, meta, streams, partitions, first, groups, replicator: OnceLock::new() })
     }
 
     pub fn streams(&self) -> &StreamSet {
@@ -120,19 +146,34 @@ impl Engine {
         (self.first[si] + s.partition_of(key) as usize, key)
     }
 
-    /// Appends `msg` to its partition. Resolves once it is durable under the fsync policy;
-    /// returns (partition id, offset).
+    /// Appends `msg` to its partition. Resolves once it is acknowledged (see
+    /// [`PendingPublish`]); returns (partition id, offset).
     pub async fn publish(&self, msg: &Message) -> Result<(usize, u64), EngineError> {
-        let (pid, key) = self.route(&msg.topic, &msg.publisher);
-        let at = self.partitions[pid].log.append(&[msg.to_record(key)]).await?;
-        Ok((pid, at.base_offset))
+        let (pid, pending) = self.publish_start(msg)?;
+        Ok((pid, pending.await?))
     }
 
     /// Queues `msg` for appending now and returns (partition id, a future resolving to its
-    /// offset once durable). Messages queued one after another keep their order.
-    pub fn publish_start(&self, msg: &Message) -> Result<(usize, axle_log::PendingAppend), EngineError> {
+    /// offset once acknowledged). On a single node, messages queued one after another keep
+    /// their order; in a cluster they keep it per partition as long as leadership does not
+    /// move.
+    pub fn publish_start(&self, msg: &Message) -> Result<(usize, PendingPublish), EngineError> {
         let (pid, key) = self.route(&msg.topic, &msg.publisher);
-        Ok((pid, self.partitions[pid].log.append_start(&[msg.to_record(key)])?))
+        let record = msg.to_record(key);
+        if let Some(rep) = self.replicator.get() {
+            return Ok((pid, PendingPublish::Replicated(rep.publish(pid, vec![record]))));
+        }
+        Ok((pid, PendingPublish::Local(self.partitions[pid].log.append_start(&[record])?)))
+    }
+
+    /// Switches the engine to replicated appends. Call once, before serving clients.
+    pub fn set_replicator(&self, r: Arc<replica::Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    /// The replicator, when the node runs in a cluster.
+    pub fn replicator(&self) -> Option<&Arc<replica::Replicator>> {
+        self.replicator.get()
     }
 
     /// The partitions that can hold messages matching `filter`, each with the partition key

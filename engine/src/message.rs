@@ -107,8 +107,13 @@ impl Message {
     /// `u32` header count, then per header `u16` name length, name, `u32` value length,
     /// value; then `u32` payload length, payload, `i64` timestamp. Little-endian.
     pub fn encode_bytes(&self) -> Vec<u8> {
-        let r = self.to_record("");
-        let mut out = Vec::with_capacity(64 + self.payload.len());
+        Message::encode_record(&self.to_record(""))
+    }
+
+    /// [`Message::encode_bytes`] of the message `r` holds (its key is not kept; a missing
+    /// timestamp is written as 0, "now" again when decoded and appended).
+    pub fn encode_record(r: &Record) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + r.value.len());
         out.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
         for h in &r.headers {
             out.extend_from_slice(&(h.key.len() as u16).to_le_bytes());
@@ -116,9 +121,9 @@ impl Message {
             out.extend_from_slice(&(h.value.len() as u32).to_le_bytes());
             out.extend_from_slice(&h.value);
         }
-        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.payload);
-        out.extend_from_slice(&self.timestamp.to_le_bytes());
+        out.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&r.value);
+        out.extend_from_slice(&r.timestamp.unwrap_or(0).to_le_bytes());
         out
     }
 

@@ -12,7 +12,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 /// The column families the engine uses. Adding one is compatible; removing one is not.
 pub const COLUMN_FAMILIES: &[&str] =
-    &["sessions", "subscriptions", "cursors", "retained", "groups", "exports", "users", "bans"];
+    &["sessions", "subscriptions", "cursors", "retained", "groups", "exports", "users", "bans", "replication"];
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

@@ -57,6 +57,8 @@ pub struct StreamConfig {
     /// 1..=1024 partitions.
     pub partitions: u32,
     pub key: PartitionKey,
+    /// When a publish is acknowledged in a cluster (ignored on a single node).
+    pub acks: crate::replica::Acks,
 }
 
 /// Name of the stream that takes topics no configured stream takes.
@@ -70,6 +72,7 @@ impl StreamConfig {
             filters: vec!["#".into()],
             partitions,
             key: PartitionKey::TopicLevels(2),
+            acks: crate::replica::Acks::Quorum,
         }
     }
 
@@ -172,6 +175,7 @@ mod tests {
             filters: vec!["v/+/telemetry".into()],
             partitions: 8,
             key: "levels:2".parse().unwrap(),
+            acks: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::error::{LogError, Result};
 use crate::flusher::SyncItem;
 use crate::partition::PartitionShared;
 use crate::recovery::Checkpoint;
+use crate::replica::SealedBatch;
 use crate::segment::Segment;
 
 /// Where an append landed.
@@ -27,6 +28,8 @@ pub struct Appended {
     pub base_offset: u64,
     /// Offset of the last record.
     pub last_offset: u64,
+    /// Leader epoch stamped on the batch (for a sealed append, that of its last batch).
+    pub leader_epoch: u32,
 }
 
 /// A caller waiting for its append to be acknowledged.
@@ -42,13 +45,16 @@ pub struct PartitionWriter {
     /// Bytes written to the active segment (durable or not).
     pub(crate) position: u64,
     /// Offset the next record gets.
-    next_offset: u64,
+    pub(crate) next_offset: u64,
     pub(crate) epoch: u32,
-    preallocated: bool,
+    /// Epoch of the last batch staged (the epoch cache's last entry), so that the cache's
+    /// lock is taken only when the epoch changes.
+    pub(crate) last_epoch: Option<u32>,
+    pub(crate) preallocated: bool,
     /// Written since the last sync handed to the flusher.
     pub(crate) unsynced: bool,
     pub(crate) round_bufs: Vec<Bytes>,
-    round_acks: Vec<Ack>,
+    pub(crate) round_acks: Vec<Ack>,
     /// (rel offset, position, length, first ts, max ts, key hashes) of each staged batch.
     round_index: Vec<(u32, u32, u32, i64, i64, Vec<u32>)>,
     pub(crate) round_len: u64,
@@ -63,7 +69,9 @@ impl PartitionWriter {
         epoch: u32,
         preallocated: bool,
     ) -> Self {
+        let last_epoch = shared.epochs.read().last_epoch();
         PartitionWriter {
+            last_epoch,
             shared,
             active,
             position,
@@ -76,6 +84,21 @@ impl PartitionWriter {
             round_index: Vec::new(),
             round_len: 0,
         }
+    }
+
+    /// Records in the epoch cache that a batch of `epoch` starts at `base`.
+    fn note_epoch(&mut self, epoch: u32, base: u64) {
+        if self.last_epoch != Some(epoch) {
+            self.shared.epochs.write().on_batch(epoch, base);
+            self.last_epoch = Some(epoch);
+        }
+    }
+
+    /// Forgets staged offsets from `offset` on in the epoch cache.
+    pub(crate) fn forget_epochs_from(&mut self, offset: u64) {
+        let mut epochs = self.shared.epochs.write();
+        epochs.truncate_from(offset);
+        self.last_epoch = epochs.last_epoch();
     }
 
     fn needs_roll(&self, cfg: &LogConfig, now: i64) -> bool {
@@ -117,8 +140,60 @@ impl PartitionWriter {
         self.round_bufs.push(batch.seal(base, self.epoch));
         self.round_len += u64::from(len);
         self.next_offset += u64::from(count);
-        self.round_acks
-            .push(Ack { reply, appended: Appended { base_offset: base, last_offset: base + u64::from(count) - 1 } });
+        self.note_epoch(self.epoch, base);
+        let appended =
+            Appended { base_offset: base, last_offset: base + u64::from(count) - 1, leader_epoch: self.epoch };
+        self.round_acks.push(Ack { reply, appended });
+    }
+
+    /// Stages batches sealed by another node (validated by the caller, contiguous among
+    /// themselves), keeping their offsets and epochs, as one acknowledgement. Refused with
+    /// `NotContiguous`, writing nothing, unless the first continues this partition.
+    pub fn stage_sealed(
+        &mut self,
+        batches: Vec<SealedBatch>,
+        reply: oneshot::Sender<Result<Appended>>,
+        cfg: &LogConfig,
+        now: i64,
+    ) {
+        if let Some(reason) = self.shared.poisoned() {
+            let _ = reply.send(Err(LogError::Poisoned { partition: self.shared.name.clone(), reason }));
+            return;
+        }
+        let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
+            let _ = reply.send(Err(LogError::EmptyAppend));
+            return;
+        };
+        if first.header.base_offset != self.next_offset {
+            let _ = reply.send(Err(LogError::NotContiguous {
+                partition: self.shared.name.clone(),
+                expected: self.next_offset,
+                got: first.header.base_offset,
+            }));
+            return;
+        }
+        let appended = Appended {
+            base_offset: first.header.base_offset,
+            last_offset: last.header.next_offset() - 1,
+            leader_epoch: last.header.leader_epoch,
+        };
+        if self.round_bufs.is_empty() && self.needs_roll(cfg, now) {
+            if let Err(e) = self.roll(cfg) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        for b in batches {
+            let h = b.header;
+            let rel = (h.base_offset - self.active.base_offset) as u32;
+            let pos = (self.position + self.round_len) as u32;
+            self.round_index.push((rel, pos, h.length, h.first_timestamp, h.max_timestamp, b.key_hashes));
+            self.round_bufs.push(b.bytes);
+            self.round_len += u64::from(h.length);
+            self.next_offset = h.next_offset();
+            self.note_epoch(h.leader_epoch, h.base_offset);
+        }
+        self.round_acks.push(Ack { reply, appended });
     }
 
     /// Bookkeeping once the round's bytes are in the file. Returns the sync item that makes
@@ -165,6 +240,7 @@ impl PartitionWriter {
     pub fn fail_round(&mut self, err: std::io::Error) {
         if let Some(first) = self.round_acks.first().map(|a| a.appended.base_offset) {
             self.next_offset = first;
+            self.forget_epochs_from(first);
         }
         self.round_bufs.clear();
         self.round_index.clear();
@@ -185,7 +261,7 @@ impl PartitionWriter {
     }
 
     /// Closes the active segment and opens a new one at `next_offset`.
-    fn roll(&mut self, cfg: &LogConfig) -> Result<()> {
+    pub(crate) fn roll(&mut self, cfg: &LogConfig) -> Result<()> {
         let prealloc = cfg.preallocate.then_some(cfg.segment_bytes);
         let (seg, preallocated) =
             Segment::create(&self.shared.dir, self.next_offset, cfg.index_interval_bytes, prealloc)?;
@@ -209,6 +285,7 @@ impl PartitionWriter {
         self.active = seg;
         self.position = 0;
         self.preallocated = preallocated;
+        self.persist_epochs();
         Checkpoint::write(
             &self.shared.dir,
             &Checkpoint {
@@ -235,6 +312,7 @@ impl PartitionWriter {
         self.unsynced = false;
         seg.index.read().persist(&seg.path, seg.base_offset, self.position).map_err(|e| LogError::io(&seg.path, e))?;
         seal_keys(&seg, self.position, &self.shared.config);
+        self.persist_epochs();
         Checkpoint::write(
             &self.shared.dir,
             &Checkpoint {
@@ -245,6 +323,15 @@ impl PartitionWriter {
                 clean: true,
             },
         )
+    }
+
+    /// Writes `leader-epochs` for everything staged so far (best effort: an older file covers
+    /// less and stays correct; see `epochs.rs`). The directory sync is the caller's.
+    fn persist_epochs(&self) {
+        let cache = self.shared.epochs.read().clone();
+        if let Err(e) = crate::epochs::write_file(&self.shared.dir, self.next_offset, &cache) {
+            tracing::warn!(partition = %self.shared.name, error = %e, "could not write the leader-epoch file; it is rebuilt on the next open");
+        }
     }
 
     /// Deletes whole segments past the retention limits; returns how many.
@@ -270,6 +357,7 @@ impl PartitionWriter {
             let mut segs = self.shared.segments.write();
             let removed = segs.drain(..drop_count).collect();
             self.shared.set_log_start(segs[0].base_offset);
+            self.shared.epochs.write().truncate_before(segs[0].base_offset);
             removed
         };
         for seg in &removed {

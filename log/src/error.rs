@@ -44,6 +44,17 @@ pub enum LogError {
     #[error("partition {partition} stopped accepting writes after an fsync failure ({reason}); the durability of recent writes is unknown. Restart the process so that recovery re-validates the log")]
     Poisoned { partition: String, reason: String },
 
+    #[error("sealed batches for partition {partition} must continue at offset {expected}, but a batch starts at {got}; fetch from {expected} (or truncate to the batch boundary the leader reports) and retry. Nothing was written")]
+    NotContiguous { partition: String, expected: u64, got: u64 },
+
+    #[error("cannot truncate partition {partition} to offset {offset}: it lies inside the batch holding offsets {batch_start}..{batch_end}; truncate to a batch boundary ({batch_start} or {batch_end})")]
+    NotBatchBoundary { partition: String, offset: u64, batch_start: u64, batch_end: u64 },
+
+    #[error(
+        "cannot truncate partition {partition} to offset {offset}: retention already removed offsets below {log_start}"
+    )]
+    TruncateBelowLogStart { partition: String, offset: u64, log_start: u64 },
+
     #[error("the log is closed")]
     Closed,
 

@@ -83,6 +83,22 @@ impl SegmentIndex {
         }
     }
 
+    /// Forgets the batches at relative offsets `>= rel` (the segment was cut at that batch
+    /// boundary). The maximum timestamp is kept unless the segment is now empty: it stays an
+    /// upper bound, which only makes time lookups and age-based retention look at the segment
+    /// a little longer.
+    pub fn truncate(&mut self, rel: u32) {
+        self.offsets.retain(|e| e.rel_offset < rel);
+        self.times.retain(|e| e.rel_offset < rel);
+        if self.offsets.is_empty() {
+            self.times.clear();
+            self.max_timestamp = i64::MIN;
+            self.first_timestamp = None;
+        }
+        // The next batch gets an entry of its own.
+        self.bytes_since_entry = self.interval;
+    }
+
     /// Byte position at which to start scanning for `rel_offset`.
     pub fn position_for(&self, rel_offset: u32) -> u32 {
         let i = self.offsets.partition_point(|e| e.rel_offset <= rel_offset);

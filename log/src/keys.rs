@@ -74,6 +74,22 @@ impl SegmentKeys {
         }
     }
 
+    /// Forgets the batches at byte positions `>= len` (the segment was cut there).
+    pub fn truncate(&self, len: u64) {
+        let mut prefix_len = self.prefix_len.lock();
+        *prefix_len = (*prefix_len).min(len);
+        let mut prefix = self.prefix.write();
+        if let Some(p) = prefix.as_ref().filter(|p| p.iter().any(|e| u64::from(e.pos) >= len)) {
+            let kept: Vec<KeyEntry> = p.iter().filter(|e| u64::from(e.pos) < len).copied().collect();
+            *prefix = Some(Arc::new(kept));
+        }
+        let mut live = self.live.write();
+        for v in live.values_mut() {
+            v.retain(|(_, pos)| u64::from(*pos) < len);
+        }
+        live.retain(|_, v| !v.is_empty());
+    }
+
     /// `(rel, pos)` of every batch indexed under `hash` with relative offset `>= from_rel`,
     /// ordered by `rel`. `load` rebuilds the prefix when it is not in memory yet.
     pub fn lookup(

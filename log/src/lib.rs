@@ -20,6 +20,7 @@
 mod appender;
 mod batch;
 mod config;
+mod epochs;
 mod error;
 mod flusher;
 mod index;
@@ -30,7 +31,9 @@ mod partition;
 mod reader;
 mod record;
 mod recovery;
+mod replica;
 mod segment;
+mod truncate;
 mod writer;
 
 use std::collections::HashMap;
@@ -374,7 +377,8 @@ impl Partition {
         TailReader::new(self.clone(), from)
     }
 
-    /// Sets the leader epoch stamped on later batches.
+    /// Sets the leader epoch stamped on later batches (appends queued after this call get it;
+    /// sealed appends keep their own).
     pub fn set_leader_epoch(&self, epoch: u32) -> Result<()> {
         self.tx.send(Command::SetEpoch { partition: self.index, epoch }).map_err(|_| LogError::Closed)
     }

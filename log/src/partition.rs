@@ -2,8 +2,15 @@
 //!
 //! Invariants:
 //! - `segments` is sorted by base offset and never empty; the last one is the active segment.
-//! - `end` is the offset after the last acknowledged record; records at or past it are never
-//!   returned. `log_start` is the base offset of the oldest segment.
+//! - `log_end` is the durable end (the LEO): the offset after the last record durable under
+//!   the fsync policy. `end` is the reader-visible end: `log_end`, or `min(log_end, high
+//!   watermark)` once the partition is put under a high watermark (replication, see
+//!   `docs/replication.md`). Records at or past `end` are never returned to readers; only
+//!   [`PartitionShared::read_batches`] reads up to `log_end`. `log_start` is the base offset
+//!   of the oldest segment.
+//! - `end` and the watch channel's value change only inside the channel's lock
+//!   ([`PartitionShared::refresh_end`]), so concurrent publishers and high-watermark updates
+//!   never leave them apart or let `end` pass the high watermark.
 //! - Readers take the segment list lock only to clone `Arc`s; file reads happen outside it, so
 //!   a slow reader never blocks the writer. A segment deleted by retention stays readable by
 //!   readers that already hold it (its file descriptor stays open).
@@ -18,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::batch::{self, BatchHeader};
 use crate::config::LogConfig;
+use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
 use crate::record::StoredRecord;
 use crate::segment::Segment;
@@ -36,7 +44,9 @@ pub struct KeyedRead {
 pub struct Bounds {
     /// Oldest readable offset.
     pub log_start: u64,
-    /// Offset the next appended record will get; nothing at or past it is readable yet.
+    /// The reader-visible end: nothing at or past it is readable yet. Without a high
+    /// watermark it is the offset the next appended record will get (once durable); under
+    /// one it is `min(log end, high watermark)`.
     pub end: u64,
 }
 
@@ -47,16 +57,32 @@ pub struct PartitionShared {
     pub dir: PathBuf,
     pub config: Arc<LogConfig>,
     pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// The reader-visible end (see the module invariants).
     end: AtomicU64,
+    /// The durable end, the LEO.
+    log_end: AtomicU64,
+    /// Set by `enable_high_watermark`; from then on `end = min(log_end, hw)`.
+    hw_enabled: AtomicBool,
+    /// The requested high watermark (may exceed `log_end`; only truncation lowers it).
+    hw: AtomicU64,
     log_start: AtomicU64,
     end_tx: watch::Sender<u64>,
+    /// Epochs of the batches, written by the writer thread (see `epochs.rs`).
+    pub epochs: RwLock<EpochCache>,
     closed: AtomicBool,
     /// Set by a failed `fdatasync`; the partition then refuses appends until reopened.
     poisoned: parking_lot::Mutex<Option<String>>,
 }
 
 impl PartitionShared {
-    pub fn new(name: String, dir: PathBuf, config: Arc<LogConfig>, segments: Vec<Arc<Segment>>, end: u64) -> Self {
+    pub fn new(
+        name: String,
+        dir: PathBuf,
+        config: Arc<LogConfig>,
+        segments: Vec<Arc<Segment>>,
+        end: u64,
+        epochs: EpochCache,
+    ) -> Self {
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let (end_tx, _) = watch::channel(end);
         PartitionShared {
@@ -65,8 +91,12 @@ impl PartitionShared {
             config,
             segments: RwLock::new(segments),
             end: AtomicU64::new(end),
+            log_end: AtomicU64::new(end),
+            hw_enabled: AtomicBool::new(false),
+            hw: AtomicU64::new(0),
             log_start: AtomicU64::new(log_start),
             end_tx,
+            epochs: RwLock::new(epochs),
             closed: AtomicBool::new(false),
             poisoned: parking_lot::Mutex::new(None),
         }
@@ -79,10 +109,73 @@ impl PartitionShared {
         Bounds { log_start: self.log_start.load(Ordering::Acquire), end }
     }
 
-    /// Makes records below `end` visible and wakes tail readers.
+    /// Records that everything below `end` is durable under the fsync policy: makes it
+    /// visible (up to the high watermark, if any) and wakes tail readers.
     pub fn publish_end(&self, end: u64) {
-        self.end.store(end, Ordering::Release);
-        self.end_tx.send_replace(end);
+        self.log_end.store(end, Ordering::Release);
+        self.refresh_end();
+    }
+
+    /// The durable end (the LEO), regardless of the high watermark.
+    pub fn log_end(&self) -> u64 {
+        self.log_end.load(Ordering::Acquire)
+    }
+
+    /// Recomputes the visible end from `log_end` and the high watermark, and wakes tail
+    /// readers and `wait_past` waiters if it moved. Runs inside the watch channel's lock, so
+    /// the last caller always sees every store made before it.
+    fn refresh_end(&self) {
+        self.end_tx.send_if_modified(|visible| {
+            let durable = self.log_end.load(Ordering::Acquire);
+            let v = if self.hw_enabled.load(Ordering::Acquire) {
+                durable.min(self.hw.load(Ordering::Acquire))
+            } else {
+                durable
+            };
+            if *visible == v {
+                return false;
+            }
+            *visible = v;
+            self.end.store(v, Ordering::Release);
+            true
+        });
+    }
+
+    /// Puts the partition under a high watermark (see [`crate::Partition::enable_high_watermark`]).
+    pub fn enable_high_watermark(&self, hw: u64) {
+        if self.hw_enabled.load(Ordering::Acquire) {
+            self.set_high_watermark(hw);
+            return;
+        }
+        self.hw.store(hw, Ordering::Release);
+        self.hw_enabled.store(true, Ordering::Release);
+        self.refresh_end();
+    }
+
+    /// Raises the requested high watermark to `hw` (never lowers it).
+    pub fn set_high_watermark(&self, hw: u64) {
+        let before = self.hw.fetch_max(hw, Ordering::AcqRel);
+        if hw > before && self.hw_enabled.load(Ordering::Acquire) {
+            self.refresh_end();
+        }
+    }
+
+    /// The effective high watermark, `min(requested, log_end)`; `log_end` without one.
+    pub fn high_watermark(&self) -> u64 {
+        let durable = self.log_end();
+        if self.hw_enabled.load(Ordering::Acquire) {
+            durable.min(self.hw.load(Ordering::Acquire))
+        } else {
+            durable
+        }
+    }
+
+    /// Truncation: the durable end, the high watermark and the visible end drop to `to` if
+    /// they are above it.
+    pub fn clamp_end(&self, to: u64) {
+        self.log_end.fetch_min(to, Ordering::AcqRel);
+        self.hw.fetch_min(to, Ordering::AcqRel);
+        self.refresh_end();
     }
 
     pub fn set_log_start(&self, start: u64) {
@@ -119,13 +212,27 @@ impl PartitionShared {
         LogError::OffsetOutOfRange { partition: self.name.clone(), requested, log_start: b.log_start, end: b.end }
     }
 
+    /// Whether `offset` past the visible end `b.end` is still in range: at most `log_end`
+    /// (records there wait for the high watermark). Otherwise the out-of-range error.
+    fn past_visible_end(&self, offset: u64, b: Bounds) -> Result<()> {
+        if offset <= self.log_end() {
+            Ok(())
+        } else {
+            Err(self.out_of_range(offset, b))
+        }
+    }
+
     /// Records from `offset` on: at most `max_records`, and stopping once the keys and values
     /// returned add up to `max_bytes` (at least one record is returned when one is readable).
-    /// `offset == end` returns nothing; outside `log_start..=end` is `OffsetOutOfRange`.
+    /// `offset == end`, and offsets above the high watermark up to `log_end`, return nothing;
+    /// otherwise outside `log_start..=end` is `OffsetOutOfRange`.
     pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         let b = self.bounds();
-        if offset < b.log_start || offset > b.end {
+        if offset < b.log_start {
             return Err(self.out_of_range(offset, b));
+        }
+        if offset > b.end {
+            return self.past_visible_end(offset, b).map(|()| Vec::new());
         }
         let mut out = Vec::new();
         if offset == b.end || max_records == 0 {
@@ -162,8 +269,11 @@ impl PartitionShared {
     /// otherwise the end the read covered (records with other keys before it were skipped).
     pub fn read_key(&self, key: &[u8], offset: u64, max_records: usize, max_bytes: usize) -> Result<KeyedRead> {
         let b = self.bounds();
-        if offset < b.log_start || offset > b.end {
+        if offset < b.log_start {
             return Err(self.out_of_range(offset, b));
+        }
+        if offset > b.end {
+            return self.past_visible_end(offset, b).map(|()| KeyedRead { records: Vec::new(), next: offset });
         }
         let mut out = KeyedRead { records: Vec::new(), next: b.end };
         if max_records == 0 {
@@ -205,8 +315,11 @@ impl PartitionShared {
     /// record per batch this counts the key's records cheaply.
     pub fn key_batch_offsets(&self, key: &[u8], offset: u64) -> Result<Vec<u64>> {
         let b = self.bounds();
-        if offset < b.log_start || offset > b.end {
+        if offset < b.log_start {
             return Err(self.out_of_range(offset, b));
+        }
+        if offset > b.end {
+            return self.past_visible_end(offset, b).map(|()| Vec::new());
         }
         Ok(self
             .key_batches(key, offset, b.end)?
@@ -313,6 +426,35 @@ impl PartitionShared {
             }
         }
         Ok(())
+    }
+
+    /// Whole batches as stored, from the one holding `offset` up to `log_end` (not gated by
+    /// the high watermark): at least one if any, then more while their total stays within
+    /// `max_bytes`. `offset == log_end` returns nothing; outside `log_start..=log_end` is
+    /// `OffsetOutOfRange`.
+    pub fn read_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let end = self.log_end();
+        let b = Bounds { log_start: self.log_start.load(Ordering::Acquire), end };
+        if offset < b.log_start || offset > end {
+            return Err(self.out_of_range(offset, b));
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        if offset == end {
+            return Ok(out);
+        }
+        self.walk_batches(offset, end, |header, data| {
+            if header.next_offset() <= offset {
+                return Ok(true);
+            }
+            if !out.is_empty() && total.saturating_add(data.len()) > max_bytes {
+                return Ok(false);
+            }
+            total += data.len();
+            out.push(data);
+            Ok(total < max_bytes)
+        })?;
+        Ok(out)
     }
 
     /// Total bytes of readable data.

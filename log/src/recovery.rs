@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::appender::PartitionWriter;
 use crate::config::LogConfig;
+use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::partition::PartitionShared;
@@ -120,10 +121,17 @@ pub fn open_partition(dir: &Path, name: &str, config: &Arc<LogConfig>) -> Result
     if bases.is_empty() {
         let (seg, preallocated) = Segment::create(dir, 0, interval, prealloc)?;
         let cp = Checkpoint { segment: 0, position: 0, next_offset: 0, epoch: 0, clean: false };
+        crate::epochs::remove_file(dir)?;
         Checkpoint::write(dir, &cp)?;
         let seg = Arc::new(seg);
-        let shared =
-            Arc::new(PartitionShared::new(name.to_string(), dir.to_path_buf(), config.clone(), vec![seg.clone()], 0));
+        let shared = Arc::new(PartitionShared::new(
+            name.to_string(),
+            dir.to_path_buf(),
+            config.clone(),
+            vec![seg.clone()],
+            0,
+            EpochCache::default(),
+        ));
         return Ok((PartitionWriter::new(shared, seg, 0, 0, 0, preallocated), report));
     }
 
@@ -276,11 +284,18 @@ pub fn open_partition(dir: &Path, name: &str, config: &Arc<LogConfig>) -> Result
             unsafe { libc::fallocate(std::os::unix::io::AsRawFd::as_raw_fd(&active.file), 0, 0, len as libc::off_t) }
                 == 0;
     }
+    let (epochs, stale) = crate::epochs::recover(dir, &segments, next, config.max_batch_bytes)?;
+    if stale {
+        if let Err(e) = crate::epochs::write_file(dir, next, &epochs) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not write the leader-epoch file; it is rebuilt on the next open");
+        }
+    }
     Checkpoint::write(
         dir,
         &Checkpoint { segment: active.base_offset, position: end_len, next_offset: next, epoch, clean: false },
     )?;
-    let shared = Arc::new(PartitionShared::new(name.to_string(), dir.to_path_buf(), config.clone(), segments, next));
+    let shared =
+        Arc::new(PartitionShared::new(name.to_string(), dir.to_path_buf(), config.clone(), segments, next, epochs));
     Ok((PartitionWriter::new(shared, active, end_len, next, epoch, preallocated), report))
 }
 

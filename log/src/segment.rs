@@ -38,6 +38,20 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// Bytes read at a time when walking batch headers only.
+const HEADER_CHUNK: usize = 64 * 1024;
+
+/// Where an offset falls among a segment's committed batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPosition {
+    /// A batch starts at the offset, at byte `pos`.
+    Start { pos: u64, header: BatchHeader },
+    /// The offset lies inside (or, before the segment's base, ahead of) the batch at byte `pos`.
+    Inside { pos: u64, header: BatchHeader },
+    /// The offset is at or past the end of the committed data, which ends at byte `pos`.
+    End { pos: u64 },
+}
+
 /// A segment shared by the writer (appends at its tail) and by readers.
 #[derive(Debug)]
 pub struct Segment {
@@ -171,6 +185,61 @@ impl Segment {
             pos += len as u64;
         }
         Ok(())
+    }
+
+    /// Calls `f(position, header)` for each batch from byte `from` (a batch start) up to
+    /// `limit` or the committed length, reading headers only (records are skipped by their
+    /// length, CRCs are not checked). Stops when `f` returns `false`.
+    pub fn walk_headers(
+        &self,
+        from: u64,
+        limit: u64,
+        max_batch: usize,
+        mut f: impl FnMut(u64, BatchHeader) -> Result<bool>,
+    ) -> Result<()> {
+        let limit = limit.min(self.committed_len());
+        let mut pos = from;
+        let mut chunk = Bytes::new();
+        let mut chunk_start = pos;
+        while pos < limit {
+            if pos + HEADER_LEN as u64 > chunk_start + chunk.len() as u64 {
+                chunk = self.read_committed(pos, HEADER_CHUNK)?;
+                chunk_start = pos;
+            }
+            let at = (pos - chunk_start) as usize;
+            let header = BatchHeader::parse(&chunk[at..], max_batch).map_err(|d| self.corrupt(pos, d))?;
+            let end = pos + u64::from(header.length);
+            if end > limit {
+                let have = (limit - pos) as usize;
+                return Err(self.corrupt(pos, BatchDefect::Truncated { have, need: header.length as usize }));
+            }
+            if !f(pos, header)? {
+                return Ok(());
+            }
+            pos = end;
+        }
+        Ok(())
+    }
+
+    /// Finds the committed batch holding `offset` (which should be at or after the segment's
+    /// base), starting from the offset index and walking headers.
+    pub fn find_batch(&self, offset: u64, max_batch: usize) -> Result<BatchPosition> {
+        let rel = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
+        let mut pos = u64::from(self.index.read().position_for(rel));
+        let mut found = None;
+        self.walk_headers(pos, u64::MAX, max_batch, |at, header| {
+            if header.next_offset() > offset {
+                found = Some(if header.base_offset == offset {
+                    BatchPosition::Start { pos: at, header }
+                } else {
+                    BatchPosition::Inside { pos: at, header }
+                });
+                return Ok(false);
+            }
+            pos = at + u64::from(header.length);
+            Ok(true)
+        })?;
+        Ok(found.unwrap_or(BatchPosition::End { pos }))
     }
 
     /// The key-index entries of bytes `[0, prefix_len)`: from `<base>.keys` where it covers

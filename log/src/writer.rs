@@ -26,6 +26,7 @@ use crate::error::{LogError, Result};
 use crate::flusher::SyncJob;
 use crate::io::{Backend, WriteOp};
 use crate::record::now_ms;
+use crate::replica::SealedBatch;
 
 /// Counters of the write path, shared with [`crate::Log::stats`]. All monotonic.
 #[derive(Debug, Default)]
@@ -46,12 +47,40 @@ pub struct WriterStats {
 
 /// Messages to the writer thread.
 pub enum Command {
-    Append { partition: usize, batch: EncodedBatch, reply: oneshot::Sender<Result<Appended>> },
-    AddPartition { writer: Box<PartitionWriter>, reply: Sender<usize> },
-    SetEpoch { partition: usize, epoch: u32 },
-    Retention { reply: Sender<Result<usize>> },
-    Flush { reply: Sender<Result<()>> },
-    Shutdown { reply: Sender<Result<()>> },
+    Append {
+        partition: usize,
+        batch: EncodedBatch,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Batches sealed by another node (validated by the caller), appended as they are.
+    AppendSealed {
+        partition: usize,
+        batches: Vec<SealedBatch>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    /// Ends the round it arrives in: commands behind it see the truncated partition.
+    Truncate {
+        partition: usize,
+        to: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    AddPartition {
+        writer: Box<PartitionWriter>,
+        reply: Sender<usize>,
+    },
+    SetEpoch {
+        partition: usize,
+        epoch: u32,
+    },
+    Retention {
+        reply: Sender<Result<usize>>,
+    },
+    Flush {
+        reply: Sender<Result<()>>,
+    },
+    Shutdown {
+        reply: Sender<Result<()>>,
+    },
 }
 
 /// The writer thread's state.
@@ -138,10 +167,10 @@ impl Writer {
             let mut controls = Vec::new();
             let mut bytes = 0usize;
             let now = now_ms();
-            self.take(first, &mut controls, &mut bytes, now);
-            while bytes < self.cfg.max_round_bytes {
+            let mut barrier = self.take(first, &mut controls, &mut bytes, now);
+            while bytes < self.cfg.max_round_bytes && !barrier {
                 match self.rx.try_recv() {
-                    Ok(c) => self.take(c, &mut controls, &mut bytes, now),
+                    Ok(c) => barrier = self.take(c, &mut controls, &mut bytes, now),
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             }
@@ -160,7 +189,10 @@ impl Writer {
         }
     }
 
-    fn take(&mut self, c: Command, controls: &mut Vec<Command>, bytes: &mut usize, now: i64) {
+    /// Stages an append into the round, applies an epoch change in place (so appends behind
+    /// it get the new epoch), or sets a control aside for after the round. Returns true when
+    /// the round must end here (a truncation).
+    fn take(&mut self, c: Command, controls: &mut Vec<Command>, bytes: &mut usize, now: i64) -> bool {
         match c {
             Command::Append { partition, batch, reply } => {
                 *bytes += batch.len();
@@ -171,8 +203,35 @@ impl Writer {
                     }
                 }
             }
+            Command::AppendSealed { partition, batches, reply } => {
+                *bytes += batches.iter().map(|b| b.bytes.len()).sum::<usize>();
+                match self.parts.get_mut(partition) {
+                    Some(p) => p.stage_sealed(batches, reply, &self.cfg, now),
+                    None => {
+                        let _ = reply.send(Err(LogError::UnknownPartition(partition.to_string())));
+                    }
+                }
+            }
+            Command::SetEpoch { partition, epoch } => {
+                if let Some(p) = self.parts.get_mut(partition) {
+                    p.epoch = epoch;
+                }
+            }
+            c @ Command::Truncate { .. } => {
+                controls.push(c);
+                return true;
+            }
             other => controls.push(other),
         }
+        false
+    }
+
+    /// Waits until the flusher has finished every job handed to it (their data durable and
+    /// published), syncing whatever is unsynced along the way.
+    fn drain_flusher(&mut self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.sync_unsynced(Some(tx));
+        let _ = rx.recv();
     }
 
     /// Writes every staged batch and acknowledges, or queues for the flusher, by policy.
@@ -266,8 +325,17 @@ impl Writer {
     /// Handles a control command; returns true when the thread must exit.
     fn control(&mut self, c: Command) -> bool {
         match c {
-            Command::Append { reply, .. } => {
+            Command::Append { reply, .. } | Command::AppendSealed { reply, .. } => {
                 let _ = reply.send(Err(LogError::Closed));
+            }
+            Command::Truncate { partition, to, reply } => {
+                let result = if partition < self.parts.len() {
+                    self.drain_flusher();
+                    self.parts[partition].truncate(to)
+                } else {
+                    Err(LogError::UnknownPartition(partition.to_string()))
+                };
+                let _ = reply.send(result);
             }
             Command::AddPartition { writer, reply } => {
                 self.parts.push(*writer);
@@ -309,9 +377,7 @@ impl Writer {
 
     fn shutdown(&mut self) -> Result<()> {
         // Drain the flusher: every queued acknowledgement is answered before files close.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.sync_unsynced(Some(tx));
-        let _ = rx.recv();
+        self.drain_flusher();
         self.flusher.take();
         if let Some(t) = self.flusher_thread.take() {
             let _ = t.join();
@@ -325,8 +391,14 @@ impl Writer {
             p.shared.mark_closed();
         }
         while let Ok(c) = self.rx.try_recv() {
-            if let Command::Append { reply, .. } = c {
-                let _ = reply.send(Err(LogError::Closed));
+            match c {
+                Command::Append { reply, .. } | Command::AppendSealed { reply, .. } => {
+                    let _ = reply.send(Err(LogError::Closed));
+                }
+                Command::Truncate { reply, .. } => {
+                    let _ = reply.send(Err(LogError::Closed));
+                }
+                _ => {}
             }
         }
         tracing::info!(backend = self.backend.name(), "log closed cleanly");

@@ -9,7 +9,8 @@ pub mod v1 {
 }
 
 /// `axle.cluster.v1`: the cluster RPC between Axle nodes (Raft, proposal forwarding,
-/// heartbeats); see `proto/axle/cluster/v1/raft.proto`. Internal to a cluster.
+/// heartbeats, replication, publish forwarding); see `proto/axle/cluster/v1/`. Internal to a
+/// cluster.
 pub mod cluster {
     pub mod v1 {
         #![allow(clippy::all, missing_docs)]

@@ -57,6 +57,7 @@ fn build_backlog(data: &Path, records: u64, size: usize) -> anyhow::Result<()> {
             filters: vec!["bench/#".into()],
             partitions: 1,
             key: "levels:2".parse().map_err(anyhow::Error::msg)?,
+            acks: Default::default(),
         }],
         default_partitions: 1,
     })?;

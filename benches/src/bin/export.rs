@@ -99,6 +99,7 @@ fn build_backlog(data: &Path, records: u64, partitions: u32) -> anyhow::Result<u
             filters: vec!["v/+/telemetry".into()],
             partitions,
             key: "levels:2".parse().map_err(anyhow::Error::msg)?,
+            acks: Default::default(),
         }],
         default_partitions: 1,
     })?;

@@ -3,10 +3,12 @@
 //! override the file (see `load.rs`). `axle.toml.example` at the repository root lists every
 //! key with its default and unit.
 
+mod cluster;
 mod export;
 mod listeners;
 mod load;
 
+pub use cluster::ClusterSection;
 pub use export::{ExportColumn, ExportSection, StreamExportSection};
 pub use listeners::{ListenerKind, MqttListenerSection, PeerCertAsUsername, TlsSection};
 
@@ -47,6 +49,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub admin: AdminSection,
     pub sys: SysSection,
+    /// Running as one node of a replicated cluster (`docs/replication.md`).
+    pub cluster: ClusterSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +168,13 @@ pub struct StreamSection {
     /// Parquet export of this stream (`[streams.export]`); none = not exported.
     #[serde(default)]
     pub export: Option<StreamExportSection>,
+    /// In a cluster: `quorum` (acknowledged once on a majority) or `leader`.
+    #[serde(default = "quorum")]
+    pub acks: String,
+}
+
+fn quorum() -> String {
+    "quorum".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +210,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             admin: AdminSection::default(),
             sys: SysSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -517,6 +529,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.protection.validate()?;
+        self.cluster.validate()?;
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.mqtt.iter().enumerate() {
             if l.name == "tcp" || !names.insert(l.name.as_str()) {
@@ -541,7 +554,8 @@ impl Config {
                 if s.partitions == 0 {
                     return Err(ConfigError::invalid(format!("streams[{i}].partitions"), "must be at least 1"));
                 }
-                Ok(StreamConfig { name: s.name.clone(), filters: s.filters.clone(), partitions: s.partitions, key })
+                let acks = s.acks.parse().map_err(|e: String| ConfigError::invalid(format!("streams[{i}].acks"), e))?;
+                Ok(StreamConfig { name: s.name.clone(), filters: s.filters.clone(), partitions: s.partitions, key, acks })
             })
             .collect()
     }

@@ -201,9 +201,7 @@ impl Connection {
             user_properties: p.properties.user_properties,
             timestamp: now,
         };
-        if msg.retain {
-            self.hub.set_retained(&msg);
-        }
+        self.hub.retain_on_publish(&msg);
         let started = self.hub.engine.publish_start(&msg);
         let fut: Pending = match started {
             Ok((_pid, fut)) => {

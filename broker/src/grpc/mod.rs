@@ -75,7 +75,12 @@ impl ConsumerService {
                 log_start_offset: b.log_start,
                 high_watermark: b.end,
                 size_bytes: log.size_bytes(),
-                leader: self.hub.config.node_id.clone(),
+                leader: match engine.replicator() {
+                    Some(r) => r.leadership(id).leader.map(|l| l.to_string()).unwrap_or_default(),
+                    None => self.hub.config.node_id.clone(),
+                },
+                leader_epoch: engine.replicator().map_or(0, |r| r.leadership(id).epoch),
+                log_end: engine.replicator().map_or(b.end, |_| log.log_end()),
             });
         }
         Ok(StreamInfo {
@@ -290,9 +295,7 @@ impl Consumer for ConsumerService {
             user_properties: req.user_properties.into_iter().map(|p| (p.key, p.value)).collect(),
             timestamp: now,
         };
-        if msg.retain {
-            self.hub.set_retained(&msg);
-        }
+        self.hub.retain_on_publish(&msg);
         let (pid, offset) = self.engine().publish(&msg).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let h = &self.engine().partitions()[pid];
         let stream = self.engine().streams().streams()[h.stream].name.clone();
