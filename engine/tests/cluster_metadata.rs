@@ -140,6 +140,7 @@ async fn three_nodes_elect_replicate_fail_over_and_rejoin() {
     let names: Vec<String> = (0..3).map(|i| format!("t-{i}")).collect();
     let reply = follower.meta.propose(MetaCommand::EnsurePartitions { names: names.clone() }).await.unwrap();
     assert_eq!(reply, MetaReply::Applied);
+    assert_eq!(follower.meta.state().partitions.len(), 3, "the proposing follower reads its own write");
     eventually("every node sees the partitions", || all.iter().all(|n| n.meta.state().partitions.len() == 3)).await;
     let before: Arc<ClusterState> = follower.meta.state();
     assert!(all.iter().all(|n| *n.meta.state() == *before), "every node applied the same state");
