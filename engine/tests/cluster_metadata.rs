@@ -38,7 +38,7 @@ impl Cluster {
             advertise: String::new(),
             seeds: self.addrs.iter().map(|(i, a)| (*i, a.to_string())).collect(),
             heartbeat_ms: 100,
-            node_timeout_ms: 2_000,
+            node_timeout_ms: 3_000,
             raft_dir: self.dirs[(id - 1) as usize].clone(),
         }
     }
