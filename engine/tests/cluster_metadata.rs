@@ -38,7 +38,7 @@ impl Cluster {
             advertise: String::new(),
             seeds: self.addrs.iter().map(|(i, a)| (*i, a.to_string())).collect(),
             heartbeat_ms: 100,
-            node_timeout_ms: 2_000,
+            node_timeout_ms: 3_000,
             raft_dir: self.dirs[(id - 1) as usize].clone(),
         }
     }
@@ -140,6 +140,7 @@ async fn three_nodes_elect_replicate_fail_over_and_rejoin() {
     let names: Vec<String> = (0..3).map(|i| format!("t-{i}")).collect();
     let reply = follower.meta.propose(MetaCommand::EnsurePartitions { names: names.clone() }).await.unwrap();
     assert_eq!(reply, MetaReply::Applied);
+    assert_eq!(follower.meta.state().partitions.len(), 3, "the proposing follower reads its own write");
     eventually("every node sees the partitions", || all.iter().all(|n| n.meta.state().partitions.len() == 3)).await;
     let before: Arc<ClusterState> = follower.meta.state();
     assert!(all.iter().all(|n| *n.meta.state() == *before), "every node applied the same state");
@@ -173,6 +174,24 @@ async fn three_nodes_elect_replicate_fail_over_and_rejoin() {
     let reply = survivor.meta.propose(MetaCommand::EnsurePartitions { names: vec!["u-0".into()] }).await.unwrap();
     assert_eq!(reply, MetaReply::Applied);
 
+    // Compact the survivors' logs past everything the stopped node has, so that it can only
+    // catch up from a snapshot (sent over the InstallSnapshot RPC).
+    for n in &rest {
+        let raft = n.meta.raft();
+        raft.trigger().snapshot().await.unwrap();
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index).unwrap();
+        let mut m = raft.metrics();
+        tokio::time::timeout(WAIT, m.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= applied)))
+            .await
+            .unwrap()
+            .unwrap();
+        raft.trigger().purge_log(applied).await.unwrap();
+        tokio::time::timeout(WAIT, m.wait_for(|m| m.purged.is_some_and(|p| p.index >= applied)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     // The stopped node restarts from its raft directory, rejoins and catches up.
     let listener = bind_retrying(cluster.addrs[(leader - 1) as usize].1).await;
     let restarted = cluster.start(leader, listener).await;
@@ -182,7 +201,26 @@ async fn three_nodes_elect_replicate_fail_over_and_rejoin() {
         current.partitions.contains_key("u-0") && *restarted.meta.state() == *current
     })
     .await;
+    assert!(restarted.meta.raft().metrics().borrow().snapshot.is_some(), "it caught up from a snapshot");
     nodes[(leader - 1) as usize] = Some(restarted);
+
+    // A controlled shutdown hands every partition a node leads to another ISR member first.
+    let all: Vec<&Node> = nodes.iter().flatten().collect();
+    let leads = |n: &Node| -> Vec<String> {
+        let s = n.meta.state();
+        s.partitions.iter().filter(|(_, p)| p.leader == Some(n.meta.node_id())).map(|(k, _)| k.clone()).collect()
+    };
+    let leaving = *all.iter().find(|n| !leads(n).is_empty()).expect("some node leads a partition");
+    let handed = leads(leaving);
+    let epochs = leaving.meta.state();
+    leaving.meta.controlled_shutdown().await.expect("every partition is handed over");
+    let after = leaving.meta.state();
+    assert!(leads(leaving).is_empty());
+    for name in &handed {
+        let p = &after.partitions[name];
+        assert_eq!(p.epoch, epochs.partitions[name].epoch + 1, "{name}");
+        assert!(!p.isr.contains(&leaving.meta.node_id()), "{name}: the leaving node left the ISR");
+    }
 
     for n in nodes.into_iter().flatten() {
         n.stop().await;

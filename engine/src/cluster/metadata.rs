@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::controller::Controller;
-use super::network::{Network, Peers, ProposeFailure};
+use super::network::{Network, Peers, ProposeFailure, Proposed};
 use super::{
     store, ClusterConfig, ClusterError, ClusterState, MetaCommand, MetaReply, NodeId, NodeInfo, RaftService, TypeConfig,
 };
@@ -30,6 +30,8 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const FORWARDED_PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`Metadata::controlled_shutdown`] tries to move partition leadership away.
 pub const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node that forwarded a proposal waits to apply it itself before answering.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts while there is no reachable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -203,7 +205,8 @@ impl Metadata {
     }
 
     /// Proposes `cmd` through Raft and returns how it applied. On a node that is not the Raft
-    /// leader the command is forwarded to the leader. Retries for up to [`PROPOSE_TIMEOUT`]
+    /// leader the command is forwarded to the leader; this node's [`Metadata::state`] shows
+    /// the result when this returns (unless applying here lags by more than a few seconds). Retries for up to [`PROPOSE_TIMEOUT`]
     /// while there is no reachable leader. A retried command may have been applied by an
     /// attempt whose answer was lost; every command is idempotent or a compare-and-set, so the
     /// retry then answers `Applied` or `Rejected` (stale), never applies twice.
@@ -219,12 +222,15 @@ impl Metadata {
             let remote = leader.filter(|l| *l != self.cfg.node_id).and_then(|l| self.addr_of(l).map(|a| (l, a)));
             match remote {
                 Some((l, addr)) => match self.peers.propose(&addr, &cmd, left).await {
-                    Ok(Ok(reply)) => return Ok(reply),
+                    Ok(Ok(done)) => {
+                        self.wait_applied(done.log_index, left.min(READ_YOUR_WRITES_WAIT)).await;
+                        return Ok(done.reply);
+                    }
                     Ok(Err(why)) => tracing::debug!(leader = l, ?why, "forwarded proposal not taken; retrying"),
                     Err(e) => tracing::debug!(leader = l, error = %e, "cannot forward a proposal; retrying"),
                 },
                 None => match self.propose_local(cmd.clone(), left).await {
-                    Ok(reply) => return Ok(reply),
+                    Ok(done) => return Ok(done.reply),
                     Err(ProposeFailure::Stopped(why)) => return Err(ClusterError::Stopped(why)),
                     Err(why) => tracing::debug!(?why, "local proposal not taken; retrying"),
                 },
@@ -234,16 +240,26 @@ impl Metadata {
     }
 
     /// Proposes `cmd` to the local Raft node only (no forwarding), waiting up to `ttl` for it
-    /// to be committed and applied.
-    pub async fn propose_local(&self, cmd: MetaCommand, ttl: Duration) -> Result<MetaReply, ProposeFailure> {
+    /// to be committed and applied here.
+    pub async fn propose_local(&self, cmd: MetaCommand, ttl: Duration) -> Result<Proposed, ProposeFailure> {
         match tokio::time::timeout(ttl, self.raft.client_write(cmd)).await {
             Err(_) => Err(ProposeFailure::TimedOut),
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Ok(resp)) => Ok(Proposed { reply: resp.data, log_index: resp.log_id.index }),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ProposeFailure::NotLeader { leader: f.leader_id })
             }
             Ok(Err(RaftError::APIError(e))) => Err(ProposeFailure::Stopped(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(ProposeFailure::Stopped(e.to_string())),
+        }
+    }
+
+    /// Waits up to `ttl` until this node has applied the log entry at `index`; a follower
+    /// that lags is not an error (the state just shows the write a little later).
+    async fn wait_applied(&self, index: u64, ttl: Duration) {
+        let mut metrics = self.raft.metrics();
+        let applied = metrics.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index));
+        if tokio::time::timeout(ttl, applied).await.is_err() {
+            tracing::debug!(index, "the forwarded proposal is not applied here yet");
         }
     }
 
@@ -315,7 +331,7 @@ impl Metadata {
             slot.controller.decide(&state, now)
         };
         for cmd in commands {
-            match self.propose_local(cmd.clone(), FORWARDED_PROPOSE_TIMEOUT).await {
+            match self.propose_local(cmd.clone(), FORWARDED_PROPOSE_TIMEOUT).await.map(|p| p.reply) {
                 Ok(MetaReply::Applied) => tracing::info!(?cmd, "controller moved partition leadership"),
                 Ok(MetaReply::Rejected(why)) => tracing::debug!(?cmd, %why, "controller decision was stale"),
                 Err(why) => {
@@ -350,7 +366,9 @@ impl Metadata {
                 return Ok(());
             }
             if start.elapsed() >= CONTROLLED_SHUTDOWN_TIMEOUT {
-                return Err(ClusterError::NoLeader { waited_ms: start.elapsed().as_millis() as u64 });
+                return Err(ClusterError::HandOverIncomplete {
+                    partitions: led.into_iter().map(|(n, _)| n.clone()).collect(),
+                });
             }
             for (name, p) in led {
                 let mut chosen = None;
@@ -379,12 +397,14 @@ impl Metadata {
                     leader: next,
                     isr: p.isr.iter().copied().filter(|n| *n != me).collect(),
                 };
-                match self.propose(cmd).await {
-                    Ok(MetaReply::Applied) => {
+                let left = CONTROLLED_SHUTDOWN_TIMEOUT.saturating_sub(start.elapsed());
+                match tokio::time::timeout(left, self.propose(cmd)).await {
+                    Ok(Ok(MetaReply::Applied)) => {
                         tracing::info!(partition = %name, leader = next, "handed over leadership")
                     }
-                    Ok(MetaReply::Rejected(why)) => tracing::debug!(partition = %name, %why, "hand-over was stale"),
-                    Err(e) => return Err(e),
+                    Ok(Ok(MetaReply::Rejected(why))) => tracing::debug!(partition = %name, %why, "hand-over was stale"),
+                    Ok(Err(e)) => tracing::warn!(partition = %name, error = %e, "hand-over not committed"),
+                    Err(_) => break,
                 }
             }
             // Probe again next round: a node may have come or gone.
@@ -419,9 +439,10 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     loop {
-        match weak.upgrade() {
-            Some(meta) => f(meta).await,
-            None => return,
+        let Some(meta) = weak.upgrade() else { return };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = f(meta) => {}
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -160,6 +160,8 @@ pub enum ClusterError {
     Stopped(String),
     #[error("no Raft leader accepted the proposal within {waited_ms} ms; check that a majority of the cluster is up and that nodes reach each other's cluster.listen addresses")]
     NoLeader { waited_ms: u64 },
+    #[error("controlled shutdown could not hand over {partitions:?} (no other live ISR member, or no leader to commit it); they fail over after cluster.node_timeout_ms")]
+    HandOverIncomplete { partitions: Vec<String> },
     #[error("this node did not see a Raft leader and its own registration within {waited_ms} ms; check that a majority of cluster.seeds is up")]
     NotReady { waited_ms: u64 },
 }

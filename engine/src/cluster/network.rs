@@ -37,6 +37,14 @@ pub enum ProposeFailure {
     Stopped(String),
 }
 
+/// A committed proposal: how it applied and the index of its Raft log entry (a node that
+/// forwarded it waits until it has applied that index itself: read-your-writes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Proposed {
+    pub reply: MetaReply,
+    pub log_index: u64,
+}
+
 /// Lazily connected, shared gRPC channels to peers, by `host:port`.
 #[derive(Clone, Default)]
 pub struct Peers {
@@ -64,7 +72,7 @@ impl Peers {
         addr: &str,
         cmd: &MetaCommand,
         ttl: Duration,
-    ) -> Result<Result<MetaReply, ProposeFailure>, String> {
+    ) -> Result<Result<Proposed, ProposeFailure>, String> {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(ttl, client.propose(RaftMessage { json: json.into() }))

@@ -281,6 +281,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
+        let before = self.applied.last_applied;
         for entry in entries {
             self.applied.last_applied = Some(entry.log_id);
             replies.push(match entry.payload {
@@ -292,10 +293,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             });
         }
-        if let Some(at) = self.applied.last_applied {
+        if let Some(at) = self.applied.last_applied.filter(|at| Some(*at) != before) {
             self.persist(None).map_err(|e| StorageIOError::apply(at, &e))?;
+            self.tx.send_replace(Arc::new(self.applied.state.clone()));
         }
-        self.tx.send_replace(Arc::new(self.applied.state.clone()));
         Ok(replies)
     }
 

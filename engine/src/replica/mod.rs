@@ -9,8 +9,8 @@
 //! any node see committed records only.
 
 mod follower;
-pub mod leader;
 mod forward;
+pub mod leader;
 mod service;
 
 use std::collections::HashMap;
@@ -88,7 +88,10 @@ impl Default for ReplicaConfig {
 #[derive(Debug, Clone)]
 pub(crate) enum Role {
     Leader(LeaderState),
-    Follower { leader: NodeId, epoch: u32 },
+    Follower {
+        leader: NodeId,
+        epoch: u32,
+    },
     /// No leader (or not yet known).
     Unassigned,
 }
@@ -384,7 +387,8 @@ impl Replicator {
                     _ => None,
                 };
                 if let Some((isr, epoch)) = proposal {
-                    let cmd = MetaCommand::SetIsr { partition: r.name.clone(), leader: self.me, epoch, isr: isr.clone() };
+                    let cmd =
+                        MetaCommand::SetIsr { partition: r.name.clone(), leader: self.me, epoch, isr: isr.clone() };
                     let (me, r) = (self.clone(), r.clone());
                     tokio::spawn(async move {
                         let outcome = me.meta.propose(cmd).await;

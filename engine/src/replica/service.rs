@@ -92,7 +92,10 @@ impl ReplicaRpc for ReplicaService {
             }
             let end = r.log.log_end();
             if !l.on_fetch(req.replica_id, req.offset, end, self.rep.now_ms()) {
-                return Err(Status::permission_denied(format!("node {} is not a replica of {}", req.replica_id, r.name)));
+                return Err(Status::permission_denied(format!(
+                    "node {} is not a replica of {}",
+                    req.replica_id, r.name
+                )));
             }
             l.advance(end)
         };
