@@ -77,7 +77,10 @@ impl ClusterSection {
         }
         let seeds = self.parsed_seeds()?;
         if seeds.is_empty() {
-            return Err(ConfigError::invalid("cluster.seeds", "a cluster needs at least one seed (this node's own entry)"));
+            return Err(ConfigError::invalid(
+                "cluster.seeds",
+                "a cluster needs at least one seed (this node's own entry)",
+            ));
         }
         for (key, v) in [
             ("cluster.heartbeat_ms", self.heartbeat_ms),

@@ -555,7 +555,13 @@ impl Config {
                     return Err(ConfigError::invalid(format!("streams[{i}].partitions"), "must be at least 1"));
                 }
                 let acks = s.acks.parse().map_err(|e: String| ConfigError::invalid(format!("streams[{i}].acks"), e))?;
-                Ok(StreamConfig { name: s.name.clone(), filters: s.filters.clone(), partitions: s.partitions, key, acks })
+                Ok(StreamConfig {
+                    name: s.name.clone(),
+                    filters: s.filters.clone(),
+                    partitions: s.partitions,
+                    key,
+                    acks,
+                })
             })
             .collect()
     }

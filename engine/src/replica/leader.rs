@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cluster::NodeId;
+use crate::cluster::{NodeId, PartitionMeta};
 
 /// One follower as seen by the leader.
 #[derive(Debug, Clone, Default)]
@@ -49,16 +49,16 @@ pub struct LeaderState {
 impl LeaderState {
     /// A leader that took over at `now_ms` with its log ending at `log_end`. Followers start as
     /// caught up at `now_ms`, so that none is dropped before it had `lag_max_ms` to fetch.
+    /// `pm` is the partition's metadata naming this node leader under `pm.epoch`.
     pub fn new(
         me: NodeId,
-        epoch: u32,
-        replicas: Vec<NodeId>,
-        isr: Vec<NodeId>,
+        pm: &PartitionMeta,
         log_end: u64,
         high_watermark: u64,
         lag_max_ms: u64,
         now_ms: u64,
     ) -> LeaderState {
+        let (epoch, replicas, isr) = (pm.epoch, pm.replicas.clone(), pm.isr.clone());
         let followers = replicas
             .iter()
             .filter(|&&n| n != me)
@@ -183,8 +183,12 @@ impl LeaderState {
 mod tests {
     use super::*;
 
+    fn meta(isr: &[NodeId]) -> PartitionMeta {
+        PartitionMeta { replicas: vec![1, 2, 3], leader: Some(1), epoch: 5, isr: isr.to_vec() }
+    }
+
     fn leader() -> LeaderState {
-        LeaderState::new(1, 5, vec![1, 2, 3], vec![1, 2, 3], 100, 100, 1_000, 0)
+        LeaderState::new(1, &meta(&[1, 2, 3]), 100, 100, 1_000, 0)
     }
 
     #[test]
@@ -209,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_minority_isr_commits_nothing_new() {
-        let mut l = LeaderState::new(1, 5, vec![1, 2, 3], vec![1], 100, 90, 1_000, 0);
+        let mut l = LeaderState::new(1, &meta(&[1]), 100, 90, 1_000, 0);
         assert_eq!(l.advance(200), 90);
         l.set_isr(vec![1, 2], vec![1, 2, 3], 0);
         l.on_fetch(2, 200, 200, 1);
@@ -228,12 +232,13 @@ mod tests {
         assert_eq!(l.isr_change(1_500), Some(vec![1, 2]));
         assert_eq!(l.isr_change(1_600), None, "one proposal at a time");
         l.set_isr(vec![1, 2], vec![1, 2, 3], 1_600);
-        assert_eq!(l.isr_change(1_700), None);
+        assert_eq!(l.advance(180), 180, "the ISR without node 3 commits what node 2 has");
+        assert_eq!(l.isr_change(1_700), None, "node 3 is behind the high watermark");
     }
 
     #[test]
     fn a_follower_that_catches_up_is_proposed_back_in() {
-        let mut l = LeaderState::new(1, 5, vec![1, 2, 3], vec![1, 2], 100, 100, 1_000, 0);
+        let mut l = LeaderState::new(1, &meta(&[1, 2]), 100, 100, 1_000, 0);
         l.on_fetch(2, 150, 150, 10);
         assert_eq!(l.advance(150), 150);
         l.on_fetch(3, 120, 150, 20);

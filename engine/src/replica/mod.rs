@@ -349,9 +349,7 @@ impl Replicator {
                     tracing::info!(partition = %r.name, epoch = pm.epoch, "leading");
                     Role::Leader(LeaderState::new(
                         self.me,
-                        pm.epoch,
-                        pm.replicas.clone(),
-                        pm.isr.clone(),
+                        pm,
                         r.log.log_end(),
                         r.log.high_watermark(),
                         self.cfg.lag_max_ms,
