@@ -277,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn truncation_forgets_entries_at_or_past_the_cut() {
+        let mut idx = SegmentIndex::new(100);
+        for b in 0..10u32 {
+            idx.on_batch(b * 10, b * 60, 60, 1000 + i64::from(b) * 10, 1000 + i64::from(b) * 10 + 5);
+        }
+        idx.truncate(40);
+        assert_eq!(idx.position_for(99), 120, "the entry at batch 4 is gone");
+        assert_eq!(idx.rel_offset_for_time(5000), 20);
+        idx.on_batch(40, 240, 60, 7000, 7000);
+        assert_eq!(idx.position_for(45), 240, "the next batch gets an entry of its own");
+        idx.truncate(0);
+        assert_eq!((idx.max_timestamp(), idx.first_timestamp()), (None, None));
+        assert_eq!(idx.position_for(5), 0);
+    }
+
+    #[test]
     fn index_files_round_trip_and_reject_a_length_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("00000000000000000100.log");

@@ -251,6 +251,26 @@ mod tests {
     }
 
     #[test]
+    fn truncation_drops_entries_at_or_past_the_cut_in_both_parts() {
+        let k = SegmentKeys::new(100);
+        let prefix = vec![KeyEntry { hash: 7, rel: 0, pos: 0 }, KeyEntry { hash: 7, rel: 2, pos: 80 }];
+        k.add(3, 100, &[7]);
+        assert_eq!(k.lookup(7, 0, |_| Ok(prefix.clone())).unwrap().len(), 3);
+        k.truncate(80);
+        assert_eq!(k.lookup(7, 0, |_| unreachable!()).unwrap(), vec![(0, 0)]);
+        k.add(2, 80, &[7]);
+        assert_eq!(k.lookup(7, 0, |_| unreachable!()).unwrap(), vec![(0, 0), (2, 80)]);
+        // Not loaded yet: the prefix is rebuilt over the bytes that remain.
+        let lazy = SegmentKeys::new(500);
+        lazy.truncate(120);
+        let got = lazy.lookup(1, 0, |len| {
+            assert_eq!(len, 120);
+            Ok(vec![KeyEntry { hash: 1, rel: 0, pos: 0 }])
+        });
+        assert_eq!(got.unwrap(), vec![(0, 0)]);
+    }
+
+    #[test]
     fn sealing_merges_everything_into_the_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.keys");

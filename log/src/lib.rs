@@ -2,6 +2,9 @@
 //! the record-batch format with CRC32, segment files with sparse offset and time indexes,
 //! the group-commit append path on io_uring (with a `pwritev` + `fdatasync` fallback),
 //! durability policies, recovery of torn tails, retention, and readers that follow the tail.
+//! For replication it also offers replica primitives (a high watermark gating readers,
+//! whole-batch reads and sealed appends, truncation, leader-epoch queries; see `replica.rs`
+//! and `docs/replication.md`), with no notion of clusters or nodes.
 //! It must not know about MQTT, topics, sessions or streams: to this crate a partition is a
 //! named directory of records with keys, values and headers, and nothing more.
 //!

@@ -160,8 +160,10 @@ impl Partition {
     /// `to` must be a batch boundary (a batch's base offset, or `log_end`), else
     /// `NotBatchBoundary`; below `log_start` is `TruncateBelowLogStart`; `to >= log_end` does
     /// nothing. Appends queued before this call are written (and made durable) first. Readers
-    /// in flight across it may get an error or nothing, never a panic. A failure once the
-    /// files are being changed poisons the partition (reopen to recover).
+    /// in flight across it may get an error or nothing, never a panic; a tail reader already
+    /// past `to` resumes at its own position once the end passes it again (callers that
+    /// truncate below what readers saw must reposition them). A failure once the files are
+    /// being changed poisons the partition (reopen to recover).
     pub async fn truncate(&self, to: u64) -> Result<()> {
         self.truncate_start(to)?.await.map_err(|_| LogError::Closed)?
     }

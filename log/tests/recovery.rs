@@ -233,7 +233,8 @@ async fn flipped_byte_mid_segment_refuses_to_open_then_repair_truncates() {
 async fn deleted_index_files_are_rebuilt() {
     for backend in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = small_segments(backend, 4096);
+        // Timestamps from 1970: age-based retention (every 30 s) must not delete them mid-test.
+        let cfg = LogConfig { retention_age: None, ..small_segments(backend, 4096) };
         let ts = |i: u64| 1_000_000 + (i as i64) * 10;
         let n = 600u64;
         let log = open(dir.path(), cfg.clone());

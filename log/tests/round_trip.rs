@@ -165,7 +165,8 @@ async fn closing_the_log_ends_tail_readers() {
 #[tokio::test]
 async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), small_segments(BACKENDS[0], 8192));
+    // Timestamps from 1970: age-based retention (every 30 s) must not delete them mid-test.
+    let log = open(dir.path(), LogConfig { retention_age: None, ..small_segments(BACKENDS[0], 8192) });
     let p = log.partition("p").unwrap();
     for i in 0..500u64 {
         p.append(&[rec(i).with_timestamp(1_000_000 + (i as i64) * 10)]).await.unwrap();

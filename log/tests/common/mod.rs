@@ -150,3 +150,83 @@ pub async fn append_recs(p: &axle_log::Partition, from: u64, to: u64) {
         assert_eq!(a.base_offset, i, "offset of rec({i})");
     }
 }
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A batch sealed by hand, per `docs/log-format.md` (independently of the log's encoder):
+/// base offset `base`, leader epoch `epoch`, one record per `(timestamp, key, value)`.
+pub fn sealed_batch(base: u64, epoch: u32, records: &[(i64, Option<&str>, &str)]) -> bytes::Bytes {
+    let first_ts = records[0].0;
+    let max_ts = records.iter().map(|r| r.0).max().unwrap();
+    let mut body = Vec::new();
+    for (i, (ts, key, value)) in records.iter().enumerate() {
+        let mut rec = Vec::new();
+        put_varint(&mut rec, i as u64);
+        let d = ts - first_ts;
+        put_varint(&mut rec, ((d << 1) ^ (d >> 63)) as u64);
+        match key {
+            Some(k) => {
+                put_varint(&mut rec, k.len() as u64 + 1);
+                rec.extend_from_slice(k.as_bytes());
+            }
+            None => put_varint(&mut rec, 0),
+        }
+        put_varint(&mut rec, value.len() as u64);
+        rec.extend_from_slice(value.as_bytes());
+        put_varint(&mut rec, 0);
+        put_varint(&mut body, rec.len() as u64);
+        body.extend_from_slice(&rec);
+    }
+    let len = (axle_log::BATCH_HEADER_LEN + body.len()) as u32;
+    let mut b = Vec::with_capacity(len as usize);
+    b.extend_from_slice(&base.to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&epoch.to_le_bytes());
+    b.extend_from_slice(b"AXLB");
+    b.extend_from_slice(&[0; 4]);
+    b.push(1);
+    b.push(0);
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    b.extend_from_slice(&first_ts.to_le_bytes());
+    b.extend_from_slice(&max_ts.to_le_bytes());
+    b.extend_from_slice(&body);
+    let crc = crc32fast::hash(&b[24..]);
+    b[20..24].copy_from_slice(&crc.to_le_bytes());
+    bytes::Bytes::from(b)
+}
+
+/// `(base offset, record count, leader epoch)` of every batch from the log start to the log
+/// end, read with `read_batches` and decoded from the headers by hand.
+pub fn scan_batches(p: &axle_log::Partition) -> Vec<(u64, u64, u32)> {
+    let mut out = Vec::new();
+    let mut at = p.bounds().log_start;
+    loop {
+        let batches = p.read_batches(at, 1 << 16).expect("batches read");
+        if batches.is_empty() {
+            return out;
+        }
+        for b in batches {
+            let base = u64::from_le_bytes(b[0..8].try_into().unwrap());
+            let count = u64::from(u32::from_le_bytes(b[28..32].try_into().unwrap()));
+            let epoch = u32::from_le_bytes(b[12..16].try_into().unwrap());
+            out.push((base, count, epoch));
+            at = base + count;
+        }
+    }
+}
+
+/// OffsetsForLeaderEpoch computed from a list of batches `(base, count, epoch)` ending at
+/// `log_end`: the model the epoch cache must agree with.
+pub fn model_epoch_end(batches: &[(u64, u64, u32)], log_end: u64, epoch: u32) -> Option<(u32, u64)> {
+    let e = batches.iter().map(|b| b.2).filter(|e| *e <= epoch).max()?;
+    let first = batches.iter().position(|b| b.2 == e)?;
+    let end = batches[first + 1..].iter().find(|b| b.2 > e).map_or(log_end, |b| b.0);
+    Some((e, end))
+}
