@@ -60,20 +60,36 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
         }
     });
     tracing::info!(node_id = c.node_id, listen = %c.listen, "cluster RPC listening");
-    let (meta2, rep2) = (meta.clone(), rep.clone());
-    tokio::spawn(async move { announce_ready(meta2, rep2).await });
+    let (meta2, rep2, seeds) = (meta.clone(), rep.clone(), c.parsed_seeds()?);
+    tokio::spawn(async move { announce_ready(meta2, rep2, seeds).await });
     Ok(ClusterNode { meta, server })
 }
 
 /// Waits for a Raft leader, registers the partitions, and logs `cluster ready` once every
 /// local partition has a leader.
-async fn announce_ready(meta: Arc<Metadata>, rep: Arc<Replicator>) {
+async fn announce_ready(meta: Arc<Metadata>, rep: Arc<Replicator>, seeds: Vec<(u64, String)>) {
     loop {
         match meta.wait_ready(Duration::from_secs(5)).await {
             Ok(()) => break,
             Err(e) => tracing::info!(error = %e, "waiting for the cluster metadata group"),
         }
     }
+    // Partitions created once every seed registered get their leaders spread over all of
+    // them. A seed still away after 10 s is a replica all the same, but leads nothing until a
+    // failover moves leadership to it (the controller does not rebalance leaders).
+    let seeds = seeds.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+    let mut rx = meta.watch();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if seeds.iter().all(|id| rx.borrow_and_update().nodes.contains_key(id)) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
     loop {
         match rep.register_partitions().await {
             Ok(()) => break,
@@ -83,7 +99,6 @@ async fn announce_ready(meta: Arc<Metadata>, rep: Arc<Replicator>) {
             }
         }
     }
-    let mut rx = meta.watch();
     loop {
         let ready = {
             let state = rx.borrow_and_update();

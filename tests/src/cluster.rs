@@ -96,6 +96,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// The cluster RPC port, the same on every node's address.
     pub cluster_port: u16,
+    /// Every node's MQTT port (on its own 127.0.0.i), the same across restarts, so that a
+    /// client reconnects to a restarted node at the address it knew.
+    pub mqtt_port: u16,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     directory: Directory,
@@ -140,6 +143,12 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("axle-cluster-").tempdir().expect("a temporary directory");
         let root = dir.path().to_path_buf();
         let cluster_port = free_port().expect("a free port");
+        let mqtt_port = loop {
+            let p = free_port().expect("a free port");
+            if p != cluster_port {
+                break p;
+            }
+        };
         let mut nodes = Vec::new();
         for id in 1..=n {
             let node_dir = root.join(format!("node{id}"));
@@ -157,7 +166,8 @@ impl Cluster {
                 grpc: None,
             });
         }
-        let mut c = Cluster { nodes, cluster_port, dir: Some(dir), root, directory: Directory::new(n as usize) };
+        let mut c =
+            Cluster { nodes, cluster_port, mqtt_port, dir: Some(dir), root, directory: Directory::new(n as usize) };
         // Start all before waiting: a node may report ready only once a quorum is up.
         for id in 1..=n {
             c.spawn(id);
@@ -193,10 +203,11 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u32) {
+        let mqtt_port = self.mqtt_port;
         let node = self.node_mut(id);
         assert!(node.server.is_none(), "node {id} is already running");
         let ip = node.ip();
-        let (mqtt, grpc, http) = (format!("{ip}:0"), format!("{ip}:0"), format!("{ip}:0"));
+        let (mqtt, grpc, http) = (format!("{ip}:{mqtt_port}"), format!("{ip}:0"), format!("{ip}:0"));
         let config = node.config.to_str().expect("a UTF-8 temporary path").to_string();
         let args = ["--config", &config, "--mqtt-tcp", &mqtt, "--grpc", &grpc, "--http", &http];
         let server = Server::start(&node.data_dir, &args).unwrap_or_else(|e| panic!("starting node {id}: {e:#}"));

@@ -44,7 +44,11 @@ pub(crate) async fn run(rep: Arc<Replicator>, r: Arc<Replica>, leader: NodeId, e
         let resp = match client.fetch(req).await {
             Ok(resp) => resp.into_inner(),
             Err(status) => {
-                tracing::debug!(partition = %r.name, leader, %status, "replica fetch failed");
+                if matches!(status.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) {
+                    tracing::warn!(partition = %r.name, leader, %status, "the leader refuses this replica's fetch");
+                } else {
+                    tracing::debug!(partition = %r.name, leader, %status, "replica fetch failed");
+                }
                 tokio::time::sleep(BACKOFF).await;
                 continue;
             }

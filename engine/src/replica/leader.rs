@@ -85,6 +85,10 @@ impl LeaderState {
         &self.isr
     }
 
+    pub fn replicas(&self) -> &[NodeId] {
+        &self.replicas
+    }
+
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark
     }
@@ -126,7 +130,8 @@ impl LeaderState {
         self.high_watermark
     }
 
-    /// The metadata group committed a new ISR for this epoch.
+    /// The metadata group committed a new ISR or replica set for this epoch (a node that
+    /// registered later joins the replicas; it must be able to fetch at once).
     pub fn set_isr(&mut self, isr: Vec<NodeId>, replicas: Vec<NodeId>, now_ms: u64) {
         for &n in &replicas {
             if n != self.me {

@@ -331,7 +331,7 @@ impl Replicator {
             let wanted = Leadership { leader: pm.leader, epoch: pm.epoch };
             if current == wanted {
                 if let Role::Leader(l) = &mut *role {
-                    if l.isr() != pm.isr.as_slice() {
+                    if l.isr() != pm.isr.as_slice() || l.replicas() != pm.replicas.as_slice() {
                         l.set_isr(pm.isr.clone(), pm.replicas.clone(), now);
                         let hw = l.advance(r.log.log_end());
                         drop(role);

@@ -228,6 +228,9 @@ pub struct DeliverySummary {
     pub distinct: usize,
     /// Deliveries with DUP set.
     pub with_dup: usize,
+    /// Deliveries without DUP beyond the copies in the log (only tolerated after the
+    /// subscriber's own node crashed).
+    pub plain_redeliveries: usize,
 }
 
 /// Checks what a subscriber to every topic of the load received against the committed log
@@ -238,7 +241,18 @@ pub struct DeliverySummary {
 ///   in the log, from a publisher's retry, is a second message); resends carry DUP;
 /// - per publisher, the first deliveries of acknowledged, non-retried messages are in
 ///   sequence order.
-pub fn check_deliveries(ledger: &Ledger, logs: &[PartitionLog], got: &[Delivery]) -> Result<DeliverySummary, String> {
+///
+/// `own_node_crashed`: the subscriber's own node was SIGKILLed while it was subscribed. Its
+/// session then resumes from the state it had last saved, so messages delivered after that
+/// save come again *without* DUP (the node cannot know it sent them); they are counted in
+/// [`DeliverySummary::plain_redeliveries`] instead of failing the check. Everything else
+/// (nothing missing, nothing foreign, order) is checked the same.
+pub fn check_deliveries(
+    ledger: &Ledger,
+    logs: &[PartitionLog],
+    got: &[Delivery],
+    own_node_crashed: bool,
+) -> Result<DeliverySummary, String> {
     let mut errs = Vec::new();
     let (count, _) = copies(logs, &mut errs);
     let mut delivered: HashMap<MsgId, (usize, usize)> = HashMap::new();
@@ -256,6 +270,7 @@ pub fn check_deliveries(ledger: &Ledger, logs: &[PartitionLog], got: &[Delivery]
         let what = if acked.contains(id) { "acknowledged" } else { "committed (not acknowledged)" };
         errs.push(format!("{id:?} is {what} and was never delivered to the subscriber"));
     }
+    let mut plain_redeliveries = 0;
     let mut extra: Vec<(MsgId, usize, usize)> = delivered
         .iter()
         .filter_map(|(id, (all, plain))| {
@@ -267,6 +282,7 @@ pub fn check_deliveries(ledger: &Ledger, logs: &[PartitionLog], got: &[Delivery]
     for (id, all, plain) in extra {
         match count.get(&id).copied().unwrap_or(0) {
             0 => errs.push(format!("{id:?} was delivered {all} time(s) and is not in the committed log")),
+            n if own_node_crashed => plain_redeliveries += plain - n,
             n => errs.push(format!("{id:?} was delivered {plain} times without DUP; the log has {n} copies")),
         }
     }
@@ -293,6 +309,7 @@ pub fn check_deliveries(ledger: &Ledger, logs: &[PartitionLog], got: &[Delivery]
         deliveries: got.len(),
         distinct: delivered.len(),
         with_dup: got.iter().filter(|d| d.dup).count(),
+        plain_redeliveries,
     })
 }
 
@@ -389,11 +406,16 @@ mod tests {
         let l = ledger(&[id(0, 0), id(0, 1)], &[id(0, 1)], &[(0, 2)]);
         let d = |seq, dup| Delivery { id: id(0, seq), dup };
         // Two copies in the log: two plain deliveries, plus a DUP resend, are fine.
-        let s = check_deliveries(&l, &logs, &[d(0, false), d(1, false), d(1, false), d(1, true)]).unwrap();
+        let s = check_deliveries(&l, &logs, &[d(0, false), d(1, false), d(1, false), d(1, true)], false).unwrap();
         assert_eq!((s.deliveries, s.distinct, s.with_dup), (4, 2, 1));
-        let e = check_deliveries(&l, &logs, &[d(0, false), d(0, false), d(1, false)]).unwrap_err();
+        let e = check_deliveries(&l, &logs, &[d(0, false), d(0, false), d(1, false)], false).unwrap_err();
         assert!(e.contains("2 times without DUP; the log has 1"), "{e}");
-        let e = check_deliveries(&l, &logs, &[d(1, false)]).unwrap_err();
+        // After the subscriber's own node crashed, such a replay is counted, not refused.
+        let s = check_deliveries(&l, &logs, &[d(0, false), d(0, false), d(1, false)], true).unwrap();
+        assert_eq!(s.plain_redeliveries, 1);
+        let e = check_deliveries(&l, &logs, &[d(1, false)], true).unwrap_err();
+        assert!(e.contains("never delivered"), "{e}");
+        let e = check_deliveries(&l, &logs, &[d(1, false)], false).unwrap_err();
         assert!(e.contains("never delivered"), "{e}");
     }
 
@@ -402,7 +424,7 @@ mod tests {
         let logs = [log(0, &[id(0, 0)])];
         let l = ledger(&[id(0, 0)], &[], &[(0, 2)]);
         let got = [Delivery { id: id(0, 0), dup: false }, Delivery { id: id(0, 1), dup: false }];
-        assert!(check_deliveries(&l, &logs, &got).unwrap_err().contains("not in the committed log"));
+        assert!(check_deliveries(&l, &logs, &got, false).unwrap_err().contains("not in the committed log"));
     }
 
     #[test]
@@ -410,6 +432,6 @@ mod tests {
         let logs = [log(0, &[id(0, 0), id(0, 1)])];
         let l = ledger(&[id(0, 0), id(0, 1)], &[], &[(0, 2)]);
         let got = [Delivery { id: id(0, 1), dup: false }, Delivery { id: id(0, 0), dup: false }];
-        assert!(check_deliveries(&l, &logs, &got).unwrap_err().contains("out of order"));
+        assert!(check_deliveries(&l, &logs, &got, false).unwrap_err().contains("out of order"));
     }
 }
