@@ -181,10 +181,17 @@ async fn a_stopped_leader_acks_nothing_and_loses_nothing() {
     let specs = vec![pinned, PublisherSpec::new(1, others[0], 60.0), PublisherSpec::new(2, others[1], 60.0)];
     let load = Load::start(&c.directory(), specs);
     progress(&c, &load, 100, "before the pause").await;
+    let epoch_of = |info: &axle_proto::v1::StreamInfo| {
+        info.partitions.iter().find(|p| p.partition == 0).map(|p| p.leader_epoch).expect("partition 0")
+    };
+    let old_epoch = epoch_of(&c.describe(old, STREAM).await.expect("DescribeStream on the leader"));
     c.sigstop(old);
     let mark = load.ledger().acked.len();
     let new = c.leader_of(STREAM, 0).await;
     assert_ne!(new, old, "a paused node cannot be the agreed leader");
+    // The new leader writes under a new epoch: the old one's epoch is never reused.
+    let new_epoch = epoch_of(&c.describe(new, STREAM).await.expect("DescribeStream on the new leader"));
+    assert!(new_epoch > old_epoch, "leader epoch {new_epoch} on node {new} after {old_epoch} on node {old}");
     c.leader_of(STREAM, 1).await;
     progress(&c, &load, 50, "while the old leader is paused").await;
     c.sigcont(old);

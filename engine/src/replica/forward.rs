@@ -19,6 +19,9 @@ use super::{Replica, ReplicaError, Replicator, Role};
 
 /// Messages in one forward RPC, at most.
 const MAX_BATCH: usize = 512;
+/// Payload bytes in one forward RPC before no more are added (one message may exceed it):
+/// the leader appends a forward as one batch, which must stay under the log's batch limit.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 struct Item {
     records: Vec<Record>,
@@ -60,32 +63,35 @@ pub(crate) fn stopped(partition: &str) -> ReplicaError {
 
 async fn run(rep: Arc<Replicator>, r: Arc<Replica>, mut queue: mpsc::UnboundedReceiver<Item>) {
     while let Some(first) = queue.recv().await {
+        let size = |i: &Item| i.records.iter().map(|r| r.value.len()).sum::<usize>();
+        let mut bytes = size(&first);
         let mut items = vec![first];
-        while items.len() < MAX_BATCH {
+        while items.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(item) => items.push(item),
+                Ok(item) => {
+                    bytes += size(&item);
+                    items.push(item);
+                }
                 Err(_) => break,
             }
         }
         let records: Vec<Record> = items.iter().flat_map(|i| i.records.iter().cloned()).collect();
-        let result = send(&rep, &r, &records).await;
-        let mut offset = result.as_ref().ok().copied();
-        for item in items {
-            let n = item.records.len() as u64;
-            let _ = item.reply.send(match (&result, offset) {
-                (Ok(_), Some(o)) => {
-                    offset = Some(o + n);
-                    Ok(o)
+        match send(&rep, &r, &records).await {
+            Ok(base) => {
+                let mut offset = base;
+                for item in items {
+                    let n = item.records.len() as u64;
+                    let _ = item.reply.send(Ok(offset));
+                    offset += n;
                 }
-                (Err(e), _) => Err(clone_err(e, &r.name)),
-                (Ok(_), None) => unreachable_offset(&r.name),
-            });
+            }
+            Err(e) => {
+                for item in items {
+                    let _ = item.reply.send(Err(clone_err(&e, &r.name)));
+                }
+            }
         }
     }
-}
-
-fn unreachable_offset(partition: &str) -> Result<u64, ReplicaError> {
-    Err(ReplicaError::Forward { partition: partition.into(), leader: 0, reason: "no offset".into() })
 }
 
 fn clone_err(e: &ReplicaError, partition: &str) -> ReplicaError {
