@@ -81,6 +81,13 @@ impl Node {
         self.grpc.map(|p| format!("http://{}:{p}", self.ip()))
     }
 
+    /// The admin API of the current run: its base URL and bearer token.
+    pub fn admin_api(&self) -> Option<(String, String)> {
+        let server = self.server.as_ref()?;
+        let port = server.wait_http_port(Duration::from_secs(10))?;
+        Some((format!("http://{}:{port}", self.ip()), server.admin_token().ok()?))
+    }
+
     /// The pid of the current run, if one is running or paused.
     pub fn pid(&self) -> Option<u32> {
         self.server.as_ref().map(|s| s.child.id())

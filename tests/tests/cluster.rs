@@ -294,4 +294,23 @@ async fn a_publish_on_a_follower_is_forwarded_and_read_everywhere() {
         let plain: Vec<Delivery> = expected.iter().map(|id| Delivery { id: *id, dup: false }).collect();
         assert_eq!(got, plain, "node {id}'s live subscriber: all 100, once, in order ({report:?})\n{}", c.logs());
     }
+    // The admin API shows the same picture on every node.
+    for id in c.ids() {
+        let (base, token) = c.node(id).admin_api().expect("the admin API of a running node");
+        let view: serde_json::Value = ureq::get(&format!("{base}/api/v1/cluster"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call()
+            .and_then(|r| Ok(r.into_json()?))
+            .unwrap_or_else(|e| panic!("GET /api/v1/cluster on node {id}: {e}"));
+        assert_eq!(view["enabled"], true, "{view}");
+        assert_eq!(view["node_id"], id, "{view}");
+        assert_eq!(view["nodes"].as_array().map(Vec::len), Some(3), "{view}");
+        let p = view["partitions"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == format!("{STREAM}-{partition}")))
+            .unwrap_or_else(|| panic!("{STREAM}-{partition} missing on node {id}: {view}"));
+        assert_eq!(p["leader"], leader, "{view}");
+        assert_eq!(p["high_watermark"], 100, "{view}");
+        assert_eq!(p["isr"].as_array().map(Vec::len), Some(3), "{view}");
+    }
 }

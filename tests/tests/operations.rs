@@ -87,6 +87,15 @@ async fn admin_api_needs_the_bearer_token() {
 }
 
 #[tokio::test]
+async fn admin_api_reports_a_single_broker_as_not_clustered() {
+    let b = Broker::start();
+    let v = b.http().get("/api/v1/cluster");
+    assert_eq!(v.status, 200, "{}", v.text);
+    assert_eq!(v.body["enabled"], false, "{}", v.text);
+    assert_eq!(v.body["partitions"].as_array().map(Vec::len), Some(0), "{}", v.text);
+}
+
+#[tokio::test]
 async fn admin_api_lists_filters_inspects_and_kicks_clients() {
     let b = Broker::start();
     let http = b.http();

@@ -21,6 +21,7 @@ use crate::hub::Hub;
 
 mod bans;
 mod clients;
+mod cluster;
 mod groups;
 mod logging;
 mod openapi;
@@ -67,6 +68,7 @@ fn router(state: HttpState) -> Router {
             .merge(logging::routes())
             .merge(bans::routes())
             .merge(users::routes())
+            .merge(cluster::routes())
             .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
         app = app.nest("/api/v1", api).route("/api/v1/openapi.json", get(openapi::document));
     }

@@ -4,11 +4,11 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{bans, clients, groups, logging, retained, sessions, streams, subscriptions, users, ErrorBody};
+use super::{bans, clients, cluster, groups, logging, retained, sessions, streams, subscriptions, users, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Axle admin API", description = "Clients, sessions, subscriptions, retained messages, streams, consumer groups, logging, bans and built-in users of one Axle broker. Every endpoint needs `Authorization: Bearer <admin token>`."),
+    info(title = "Axle admin API", description = "Clients, sessions, subscriptions, retained messages, streams, consumer groups, logging, bans, built-in users and the cluster view of one Axle broker. Every endpoint needs `Authorization: Bearer <admin token>`."),
     paths(
         clients::list, clients::inspect, clients::kick,
         sessions::list, sessions::inspect, sessions::remove,
@@ -19,6 +19,7 @@ use super::{bans, clients, groups, logging, retained, sessions, streams, subscri
         logging::current, logging::change,
         bans::list, bans::add, bans::remove,
         users::list, users::set, users::remove,
+        cluster::describe,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -61,6 +62,7 @@ mod tests {
             "/api/v1/log-level",
             "/api/v1/bans",
             "/api/v1/users/{name}",
+            "/api/v1/cluster",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
         }

@@ -6,6 +6,7 @@
 //! only on "not leader", which guarantees nothing was appended; any other failure fails the
 //! publishes (the client is not acknowledged and retries with DUP).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,10 @@ struct Item {
 #[derive(Default)]
 pub(crate) struct Forwarder {
     tx: Mutex<Option<mpsc::UnboundedSender<Item>>>,
+    /// Publishes queued and not yet answered. While there are any, a node that became the
+    /// leader still sends new publishes through the queue, behind them, so that a publisher's
+    /// messages keep their order across the change.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Forwarder {
@@ -47,12 +52,21 @@ impl Forwarder {
         let mut tx = self.tx.lock();
         let sender = tx.get_or_insert_with(|| {
             let (t, queue) = mpsc::unbounded_channel();
-            tokio::spawn(run(rep.clone(), r.clone(), queue));
+            tokio::spawn(run(rep.clone(), r.clone(), queue, self.pending.clone()));
             t
         });
+        self.pending.fetch_add(1, Ordering::AcqRel);
         // A failed send drops `reply`: the receiver then reports the task stopped.
-        let _ = sender.send(Item { records, reply });
+        if sender.send(Item { records, reply }).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
         rx
+    }
+
+    /// Nothing is queued or in flight: every forwarded publish was answered, so one
+    /// appended here now cannot overtake it.
+    pub(crate) fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
     }
 }
 
@@ -61,7 +75,7 @@ pub(crate) fn stopped(partition: &str) -> ReplicaError {
     ReplicaError::Forward { partition: partition.into(), leader: 0, reason: "the forwarding task stopped".into() }
 }
 
-async fn run(rep: Arc<Replicator>, r: Arc<Replica>, mut queue: mpsc::UnboundedReceiver<Item>) {
+async fn run(rep: Arc<Replicator>, r: Arc<Replica>, mut queue: mpsc::UnboundedReceiver<Item>, pending: Arc<AtomicUsize>) {
     while let Some(first) = queue.recv().await {
         let size = |i: &Item| i.records.iter().map(|r| r.value.len()).sum::<usize>();
         let mut bytes = size(&first);
@@ -81,12 +95,14 @@ async fn run(rep: Arc<Replicator>, r: Arc<Replica>, mut queue: mpsc::UnboundedRe
                 let mut offset = base;
                 for item in items {
                     let n = item.records.len() as u64;
+                    pending.fetch_sub(1, Ordering::AcqRel);
                     let _ = item.reply.send(Ok(offset));
                     offset += n;
                 }
             }
             Err(e) => {
                 for item in items {
+                    pending.fetch_sub(1, Ordering::AcqRel);
                     let _ = item.reply.send(Err(clone_err(&e, &r.name)));
                 }
             }

@@ -9,8 +9,8 @@
 //! - a follower is caught up at a fetch when its position reaches the leader's log end as it
 //!   was at the follower's previous fetch (Kafka's rule); one not caught up for `lag_max_ms`
 //!   is proposed out of the ISR;
-//! - a follower outside the ISR whose position reaches the high watermark and the start of
-//!   the leader's epoch is proposed back in;
+//! - a follower outside the ISR that is caught up (within `lag_max_ms`) and whose position
+//!   reaches the high watermark and the start of the leader's epoch is proposed back in;
 //! - the high watermark never moves backwards.
 
 use std::collections::BTreeMap;
@@ -157,10 +157,13 @@ impl LeaderState {
                 true
             } else {
                 let Some(f) = self.followers.get(&n) else { continue };
+                let recent = now_ms.saturating_sub(f.caught_up_ms) <= self.lag_max_ms;
                 if self.isr.contains(&n) {
-                    now_ms.saturating_sub(f.caught_up_ms) <= self.lag_max_ms
+                    recent
                 } else {
-                    f.position >= self.high_watermark && f.position >= self.epoch_start
+                    // Recently caught up too: a dead follower's last position may still reach
+                    // the high watermark of an idle partition.
+                    recent && f.position >= self.high_watermark && f.position >= self.epoch_start
                 }
             };
             if keep {
@@ -264,6 +267,23 @@ mod tests {
             l.on_fetch(3, end - 10, end, 100 + t * 100);
         }
         assert_eq!(l.isr_change(3_000), None);
+    }
+
+    #[test]
+    fn a_dead_follower_is_not_proposed_back_on_an_idle_partition() {
+        let mut l = leader();
+        l.on_fetch(2, 100, 100, 10);
+        l.on_fetch(3, 100, 100, 10);
+        assert_eq!(l.advance(100), 100);
+        // Node 3 dies; nothing is appended, so its last position still equals the end.
+        for t in (100..=2_000).step_by(100) {
+            l.on_fetch(2, 100, 100, t);
+        }
+        assert_eq!(l.isr_change(2_000), Some(vec![1, 2]));
+        l.set_isr(vec![1, 2], vec![1, 2, 3], 2_000);
+        assert_eq!(l.isr_change(2_100), None, "node 3 has not fetched since it fell out");
+        l.on_fetch(3, 100, 100, 2_200);
+        assert_eq!(l.isr_change(2_300), Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -239,7 +239,8 @@ impl Replicator {
             return Box::pin(std::future::ready(Err(ReplicaError::UnknownPartition(pid.to_string()))));
         };
         let leads = matches!(*r.role.lock(), Role::Leader(_));
-        if leads {
+        // Publishes still queued for forwarding go first, even if this node leads now.
+        if leads && r.forwarder.idle() {
             return self.append_local(&r, &records);
         }
         let rx = r.forwarder.enqueue(self, &r, records);
