@@ -372,17 +372,23 @@ async fn a_node_outside_the_seeds_joins_once_and_members_are_removed() {
     })
     .await;
 
-    // Down to one voter, which cannot be removed.
+    // The Raft leader itself can be removed (asked on the other node): down to one voter,
+    // which becomes the leader and cannot be removed.
     let leader = controller_of(&left).expect("a Raft leader");
-    let other = left.iter().find(|n| n.meta.node_id() != leader).unwrap().meta.node_id();
-    left[0].meta.remove_node(other).await.expect("going down to one voter is allowed");
-    let last = left.iter().find(|n| n.meta.node_id() == leader).unwrap();
-    eventually("one voter is left", || last.meta.voters() == vec![leader]).await;
-    match last.meta.remove_node(leader).await {
-        Err(ClusterError::LastVoter { id }) => assert_eq!(id, leader),
+    let last = *left.iter().find(|n| n.meta.node_id() != leader).unwrap();
+    let survivor = last.meta.node_id();
+    last.meta.remove_node(leader).await.expect("removing the Raft leader, down to one voter, is allowed");
+    eventually("one voter is left and leads", || last.meta.voters() == vec![survivor] && last.meta.is_controller())
+        .await;
+    eventually("the survivor leads every partition", || {
+        last.meta.state().partitions.values().all(|p| p.leader == Some(survivor) && p.replicas == vec![survivor])
+    })
+    .await;
+    match last.meta.remove_node(survivor).await {
+        Err(ClusterError::LastVoter { id }) => assert_eq!(id, survivor),
         other => panic!("removing the last voter was not refused: {other:?}"),
     }
-    assert_eq!(last.meta.voters(), vec![leader]);
+    assert_eq!(last.meta.voters(), vec![survivor]);
 
     for n in nodes.into_iter().flatten() {
         n.stop().await;
