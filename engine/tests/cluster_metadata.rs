@@ -324,7 +324,7 @@ async fn a_node_outside_the_seeds_joins_once_and_members_are_removed() {
     let mut rogue_info = cluster.info(4);
     rogue_info.cluster_addr = cluster.addrs[4].1.to_string();
     let rogue = start_with(rogue_cfg, rogue_info, rogue_listener).await;
-    match rogue.meta.wait_ready(WAIT).await {
+    match rogue.meta.wait_ready(Duration::from_secs(15)).await {
         Err(ClusterError::JoinRefused(why)) => assert!(why.contains("already a member"), "{why}"),
         other => panic!("a second node with id 4 was not refused: {other:?}"),
     }

@@ -278,21 +278,25 @@ impl Metadata {
     }
 
     /// Waits until a Raft leader is known, this node is a voter (joined, for a node outside
-    /// the seeds) and its registration of this run is applied. Fails at once when the leader
-    /// refused the join (say, another node has this id) or this node was removed.
+    /// the seeds) and its registration of this run is applied. After `timeout` the error says
+    /// why: [`ClusterError::JoinRefused`] when the leader refused the join (say, another node
+    /// has this id), [`ClusterError::Removed`] when this node was removed, else
+    /// [`ClusterError::NotReady`]. (It waits the whole `timeout` even then, so a caller that
+    /// retries in a loop does not spin.)
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClusterError> {
         let start = Instant::now();
         loop {
-            if self.is_removed() {
-                return Err(ClusterError::Removed);
-            }
-            if let Some(why) = self.join_refused.lock().clone() {
-                return Err(ClusterError::JoinRefused(why));
-            }
-            if self.raft_leader().is_some() && self.registered.load(Ordering::SeqCst) {
+            let removed = self.is_removed();
+            if !removed && self.raft_leader().is_some() && self.registered.load(Ordering::SeqCst) {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
+                if removed {
+                    return Err(ClusterError::Removed);
+                }
+                if let Some(why) = self.join_refused.lock().clone() {
+                    return Err(ClusterError::JoinRefused(why));
+                }
                 return Err(ClusterError::NotReady { waited_ms: timeout.as_millis() as u64 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
