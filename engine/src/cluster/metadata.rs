@@ -1,6 +1,7 @@
 //! [`Metadata`]: one node's member of the metadata Raft group and its background loops.
 //!
-//! - Registration: `RegisterNode(me)` is proposed until this node's entry is in the state.
+//! - Joining and registration ([`super::membership`]): this node asks the Raft leader to make
+//!   it a voter (a no-op for a voter), then proposes `RegisterNode(me)` until it is applied here.
 //! - Heartbeats: every `heartbeat_ms` this node tells the Raft leader it is alive (an RPC,
 //!   not a Raft write).
 //! - Controller: while this node is the Raft leader it keeps the heartbeats in a
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::controller::Controller;
+use super::membership;
 use super::network::{Network, Peers, ProposeFailure, Proposed};
 use super::{
     store, ClusterConfig, ClusterError, ClusterState, MetaCommand, MetaReply, NodeId, NodeInfo, RaftService, TypeConfig,
@@ -44,15 +46,23 @@ struct ControllerSlot {
 
 /// This node's view of, and voice in, the cluster metadata.
 pub struct Metadata {
-    cfg: ClusterConfig,
-    me: NodeInfo,
-    raft: openraft::Raft<TypeConfig>,
+    pub(super) cfg: ClusterConfig,
+    pub(super) me: NodeInfo,
+    pub(super) raft: openraft::Raft<TypeConfig>,
     state: watch::Receiver<Arc<ClusterState>>,
-    peers: Peers,
+    pub(super) peers: Peers,
     controller: Mutex<ControllerSlot>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+    /// Set once this node's registration was applied here in this run.
+    pub(super) registered: AtomicBool,
+    /// Set when, after registering, this node saw itself removed from the state.
+    pub(super) removed: AtomicBool,
+    /// Why the Raft leader last refused this node's join, until a join succeeds.
+    pub(super) join_refused: Mutex<Option<String>>,
+    /// Serialises the membership changes this node makes as the Raft leader.
+    pub(super) membership_lock: tokio::sync::Mutex<()>,
 }
 
 fn validate(cfg: &ClusterConfig, me: &NodeInfo) -> Result<(), ClusterError> {
@@ -71,11 +81,8 @@ fn validate(cfg: &ClusterConfig, me: &NodeInfo) -> Result<(), ClusterError> {
     if ids.windows(2).any(|w| w[0] == w[1]) {
         return bad("cluster.seeds names a node id twice".into());
     }
-    if !ids.contains(&cfg.node_id) {
-        return bad(format!(
-            "node {} is not among cluster.seeds; joining a running cluster as a new member is not supported yet",
-            cfg.node_id
-        ));
+    if ids.is_empty() {
+        return bad("cluster.seeds is empty: list the initial voters (a new node joins through them)".into());
     }
     if cfg.heartbeat_ms == 0 || cfg.node_timeout_ms <= cfg.heartbeat_ms {
         return bad("cluster.heartbeat_ms must be > 0 and below cluster.node_timeout_ms".into());
@@ -147,11 +154,15 @@ impl Metadata {
             stop,
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            join_refused: Mutex::new(None),
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&meta);
         let tasks =
             vec![
-                tokio::spawn(register_loop(weak.clone(), meta.stop.subscribe())),
+                tokio::spawn(membership::join_and_register(weak.clone(), meta.stop.subscribe())),
                 tokio::spawn(every(weak.clone(), meta.stop.subscribe(), period, |m| async move {
                     m.send_heartbeat().await
                 })),
@@ -198,7 +209,7 @@ impl Metadata {
     }
 
     /// The cluster RPC address of `node`: from the Raft membership, else its registration.
-    fn addr_of(&self, node: NodeId) -> Option<String> {
+    pub(super) fn addr_of(&self, node: NodeId) -> Option<String> {
         let from_membership =
             self.raft.metrics().borrow().membership_config.membership().get_node(&node).map(|n| n.addr.clone());
         from_membership.or_else(|| self.state().nodes.get(&node).map(|n| n.cluster_addr.clone()))
@@ -211,6 +222,9 @@ impl Metadata {
     /// attempt whose answer was lost; every command is idempotent or a compare-and-set, so the
     /// retry then answers `Applied` or `Rejected` (stale), never applies twice.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<MetaReply, ClusterError> {
+        if self.is_removed() {
+            return Err(ClusterError::Removed);
+        }
         let start = Instant::now();
         let deadline = start + PROPOSE_TIMEOUT;
         loop {
@@ -263,14 +277,26 @@ impl Metadata {
         }
     }
 
-    /// Waits until a Raft leader is known and this node's registration is applied.
+    /// Waits until a Raft leader is known, this node is a voter (joined, for a node outside
+    /// the seeds) and its registration of this run is applied. After `timeout` the error says
+    /// why: [`ClusterError::JoinRefused`] when the leader refused the join (say, another node
+    /// has this id), [`ClusterError::Removed`] when this node was removed, else
+    /// [`ClusterError::NotReady`]. (It waits the whole `timeout` even then, so a caller that
+    /// retries in a loop does not spin.)
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ClusterError> {
         let start = Instant::now();
         loop {
-            if self.raft_leader().is_some() && self.state().nodes.get(&self.cfg.node_id) == Some(&self.me) {
+            let removed = self.is_removed();
+            if !removed && self.raft_leader().is_some() && self.registered.load(Ordering::SeqCst) {
                 return Ok(());
             }
             if start.elapsed() >= timeout {
+                if removed {
+                    return Err(ClusterError::Removed);
+                }
+                if let Some(why) = self.join_refused.lock().clone() {
+                    return Err(ClusterError::JoinRefused(why));
+                }
                 return Err(ClusterError::NotReady { waited_ms: timeout.as_millis() as u64 });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -290,6 +316,9 @@ impl Metadata {
     }
 
     async fn send_heartbeat(&self) {
+        if self.is_removed() {
+            return;
+        }
         let me = self.cfg.node_id;
         match self.raft_leader() {
             Some(l) if l == me => {
@@ -314,7 +343,7 @@ impl Metadata {
         let state = self.state();
         let commands = {
             let mut slot = self.controller.lock();
-            if !self.is_controller() {
+            if !self.is_controller() || self.is_removed() {
                 if slot.controller.is_active() {
                     tracing::info!(node = self.cfg.node_id, "no longer the controller");
                     slot.controller.step_down();
@@ -447,31 +476,6 @@ where
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(period) => {}
-        }
-    }
-}
-
-/// Proposes `RegisterNode(me)` until this node's registration is in the applied state.
-async fn register_loop(weak: Weak<Metadata>, mut stop: watch::Receiver<bool>) {
-    loop {
-        {
-            let Some(meta) = weak.upgrade() else { return };
-            if meta.state().nodes.get(&meta.cfg.node_id) == Some(&meta.me) {
-                return;
-            }
-            let cmd = MetaCommand::RegisterNode(meta.me.clone());
-            tokio::select! {
-                _ = stop.changed() => return,
-                r = meta.propose(cmd) => match r {
-                    Ok(MetaReply::Applied) => tracing::info!(node = meta.cfg.node_id, "registered in the cluster metadata"),
-                    Ok(MetaReply::Rejected(why)) => tracing::warn!(%why, "registration rejected"),
-                    Err(e) => tracing::debug!(error = %e, "registration not committed yet; retrying"),
-                },
-            }
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
 }

@@ -11,8 +11,10 @@
 //! - [`store`]: the RocksDB Raft log and state machine (openraft storage v2).
 //! - [`network`] and [`service`]: the gRPC client and server of the Raft RPC.
 //! - [`metadata`]: [`Metadata`], which ties them together and runs the background loops.
+//! - [`membership`]: joining the group (a node outside the seeds) and removing a node.
 
 pub mod controller;
+pub mod membership;
 pub mod metadata;
 pub mod network;
 pub mod service;
@@ -53,7 +55,8 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// The address peers dial, `host:port`; empty = `listen`.
     pub advertise: String,
-    /// The initial voters: (node id, `host:port` of its cluster RPC). Must include this node.
+    /// The initial voters: (node id, `host:port` of its cluster RPC). A node not listed joins
+    /// the running group through one of them (see [`membership`]).
     pub seeds: Vec<(NodeId, String)>,
     /// How often each node sends a liveness heartbeat to the controller, and the Raft
     /// heartbeat interval, in milliseconds.
@@ -164,4 +167,18 @@ pub enum ClusterError {
     HandOverIncomplete { partitions: Vec<String> },
     #[error("this node did not see a Raft leader and its own registration within {waited_ms} ms; check that a majority of cluster.seeds is up")]
     NotReady { waited_ms: u64 },
+    #[error("the cluster refused this node's join: {0}")]
+    JoinRefused(String),
+    #[error("node {id} is not a member of the cluster (neither a Raft voter or learner nor registered); check the id against the admin API's members")]
+    NotMember { id: NodeId },
+    #[error("node {id} is the last voter of the metadata group and cannot be removed; add another node first")]
+    LastVoter { id: NodeId },
+    #[error("the membership change was refused: {0}")]
+    MembershipRefused(String),
+    #[error("the membership change did not complete within {waited_ms} ms (last attempt: {last}); check that a majority of the voters is up, then retry")]
+    MembershipTimeout { waited_ms: u64, last: String },
+    #[error(
+        "this node was removed from the cluster and no longer takes part in it; stop it, or restart it to join again"
+    )]
+    Removed,
 }

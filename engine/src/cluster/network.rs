@@ -45,6 +45,40 @@ pub struct Proposed {
     pub log_index: u64,
 }
 
+/// A node's request to become a voter of the metadata group (the `Join` RPC).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub id: NodeId,
+    /// `host:port` of the joining node's cluster RPC, as the Raft membership will hold it:
+    /// its own `cluster.seeds` entry for a seed, else its advertised address.
+    pub addr: String,
+}
+
+/// A successful answer to a [`JoinRequest`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Joined {
+    /// The node was added as a learner, caught up, and is now a voter.
+    Added,
+    /// The node already was a voter (a restart): nothing changed.
+    AlreadyVoter,
+}
+
+/// Why a membership change (`Join`, `RemoveMember`) was not made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MembershipFailure {
+    /// The receiver is not the Raft leader; `leader` and its cluster address, if known.
+    NotLeader { leader: Option<NodeId>, addr: Option<String> },
+    /// The node to remove is neither in the Raft membership nor registered.
+    NotMember,
+    /// The node to remove is the only voter left.
+    LastVoter,
+    /// The change will not be made as asked (say, a node id already taken by another address).
+    Refused(String),
+    /// The change did not complete (no quorum, another change in progress, a learner that did
+    /// not catch up in time); retrying may succeed.
+    Failed(String),
+}
+
 /// Lazily connected, shared gRPC channels to peers, by `host:port`.
 #[derive(Clone, Default)]
 pub struct Peers {
@@ -76,6 +110,39 @@ impl Peers {
         let mut client = self.client(addr).map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(ttl, client.propose(RaftMessage { json: json.into() }))
+            .await
+            .map_err(|_| format!("no answer from {addr} within {} ms", ttl.as_millis()))?
+            .map_err(|status| format!("{addr}: {status}"))?;
+        serde_json::from_slice(&resp.into_inner().json).map_err(|e| format!("undecodable answer from {addr}: {e}"))
+    }
+
+    /// Asks the node at `addr` to make `req.id` a voter; `Err` is a transport failure.
+    pub async fn join(
+        &self,
+        addr: &str,
+        req: &JoinRequest,
+        ttl: Duration,
+    ) -> Result<Result<Joined, MembershipFailure>, String> {
+        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+        let msg = RaftMessage { json: serde_json::to_vec(req).map_err(|e| e.to_string())?.into() };
+        let resp = tokio::time::timeout(ttl, client.join(msg))
+            .await
+            .map_err(|_| format!("no answer from {addr} within {} ms", ttl.as_millis()))?
+            .map_err(|status| format!("{addr}: {status}"))?;
+        serde_json::from_slice(&resp.into_inner().json).map_err(|e| format!("undecodable answer from {addr}: {e}"))
+    }
+
+    /// Asks the node at `addr` (the Raft leader) to remove node `id`; `Err` is a transport
+    /// failure.
+    pub async fn remove_member(
+        &self,
+        addr: &str,
+        id: NodeId,
+        ttl: Duration,
+    ) -> Result<Result<(), MembershipFailure>, String> {
+        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+        let msg = RaftMessage { json: serde_json::to_vec(&id).map_err(|e| e.to_string())?.into() };
+        let resp = tokio::time::timeout(ttl, client.remove_member(msg))
             .await
             .map_err(|_| format!("no answer from {addr} within {} ms", ttl.as_millis()))?
             .map_err(|status| format!("{addr}: {status}"))?;

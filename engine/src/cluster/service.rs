@@ -1,6 +1,7 @@
 //! The server side of the cluster RPC (`axle.cluster.v1.Raft`): hands openraft's messages to
-//! the local Raft node, runs proposals forwarded by other nodes, and records heartbeats for
-//! the controller. Mounted by the caller on the cluster listener ([`Metadata::raft_service`]).
+//! the local Raft node, runs proposals forwarded by other nodes and membership changes (on the
+//! Raft leader), and records heartbeats for the controller. Mounted by the caller on the cluster
+//! listener ([`Metadata::raft_service`]).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::metadata::FORWARDED_PROPOSE_TIMEOUT;
+use super::network::JoinRequest;
 use super::{MetaCommand, Metadata, NodeId, TypeConfig};
 
 /// The `Raft` gRPC service of one node.
@@ -58,6 +60,16 @@ impl RaftRpc for RaftService {
     async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let cmd: MetaCommand = decode(request)?;
         encode(&self.meta.propose_local(cmd, FORWARDED_PROPOSE_TIMEOUT).await)
+    }
+
+    async fn join(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: JoinRequest = decode(request)?;
+        encode(&self.meta.admit(req).await)
+    }
+
+    async fn remove_member(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let id: NodeId = decode(request)?;
+        encode(&self.meta.evict(id).await)
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
