@@ -1,6 +1,6 @@
 //! `axle export` and `axle query`: the one-shot Parquet export and SQL over exported files.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,7 +179,7 @@ fn run_query(cfg: &Config, args: &QueryArgs) -> anyhow::Result<()> {
             root.display()
         );
     }
-    let out: Box<dyn Write + Send> = match &args.output {
+    let out: Box<dyn std::io::Write + Send> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating --output {}", p.display()))?,
         )),

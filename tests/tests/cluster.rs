@@ -300,7 +300,8 @@ async fn a_publish_on_a_follower_is_forwarded_and_read_everywhere() {
         let view: serde_json::Value = ureq::get(&format!("{base}/api/v1/cluster"))
             .set("Authorization", &format!("Bearer {token}"))
             .call()
-            .and_then(|r| Ok(r.into_json()?))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_json().map_err(|e| e.to_string()))
             .unwrap_or_else(|e| panic!("GET /api/v1/cluster on node {id}: {e}"));
         assert_eq!(view["enabled"], true, "{view}");
         assert_eq!(view["node_id"], id, "{view}");

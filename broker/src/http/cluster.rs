@@ -1,16 +1,18 @@
 //! `/api/v1/cluster`: this node's view of the cluster (docs/replication.md): members, and per
 //! partition the leader, epoch, replicas, in-sync set and this node's replica positions.
 
+use axle_engine::cluster::ClusterError;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
 use axum::Router;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{ApiError, ErrorBody, HttpState};
+use super::{ApiError, ErrorBody, HttpState, Path};
 
 pub fn routes() -> Router<HttpState> {
-    Router::new().route("/cluster", get(describe))
+    Router::new().route("/cluster", get(describe)).route("/cluster/nodes/{id}", delete(remove_node))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,4 +100,31 @@ pub(super) async fn describe(State(s): State<HttpState>) -> Result<axum::Json<Cl
         nodes,
         partitions,
     }))
+}
+
+/// Removes node `id` from the cluster: out of every partition's replicas and in-sync set
+/// (partitions it led get a new leader with a higher epoch), then out of the metadata
+/// group's voters. Going from 3 nodes to 2 loses fault tolerance. Stop the removed node
+/// afterwards: restarted with its old configuration, it would join again.
+#[utoipa::path(delete, path = "/api/v1/cluster/nodes/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "The node id (`cluster.node_id`)")),
+    responses((status = 204, description = "Removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn remove_node(State(s): State<HttpState>, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
+    let Some(rep) = s.hub.engine.replicator() else {
+        return Err(ApiError::conflict(
+            "this broker runs alone ([cluster] enabled = false): there is no node to remove",
+        ));
+    };
+    match rep.metadata().remove_node(id).await {
+        Ok(()) => {
+            tracing::info!(node = id, "node removed from the cluster through the admin API");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e @ ClusterError::NotMember { .. }) => Err(ApiError::not_found(e.to_string())),
+        Err(e @ (ClusterError::LastVoter { .. } | ClusterError::MembershipRefused(_))) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
 }

@@ -19,7 +19,7 @@ use super::{bans, clients, cluster, groups, logging, retained, sessions, streams
         logging::current, logging::change,
         bans::list, bans::add, bans::remove,
         users::list, users::set, users::remove,
-        cluster::describe,
+        cluster::describe, cluster::remove_node,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),

@@ -75,7 +75,12 @@ pub(crate) fn stopped(partition: &str) -> ReplicaError {
     ReplicaError::Forward { partition: partition.into(), leader: 0, reason: "the forwarding task stopped".into() }
 }
 
-async fn run(rep: Arc<Replicator>, r: Arc<Replica>, mut queue: mpsc::UnboundedReceiver<Item>, pending: Arc<AtomicUsize>) {
+async fn run(
+    rep: Arc<Replicator>,
+    r: Arc<Replica>,
+    mut queue: mpsc::UnboundedReceiver<Item>,
+    pending: Arc<AtomicUsize>,
+) {
     while let Some(first) = queue.recv().await {
         let size = |i: &Item| i.records.iter().map(|r| r.value.len()).sum::<usize>();
         let mut bytes = size(&first);
