@@ -296,13 +296,8 @@ async fn a_publish_on_a_follower_is_forwarded_and_read_everywhere() {
     }
     // The admin API shows the same picture on every node.
     for id in c.ids() {
-        let (base, token) = c.node(id).admin_api().expect("the admin API of a running node");
-        let view: serde_json::Value = ureq::get(&format!("{base}/api/v1/cluster"))
-            .set("Authorization", &format!("Bearer {token}"))
-            .call()
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.into_json().map_err(|e| e.to_string()))
-            .unwrap_or_else(|e| panic!("GET /api/v1/cluster on node {id}: {e}"));
+        let (status, view) = admin(&c, id, "GET", "/api/v1/cluster");
+        assert_eq!(status, 200, "{view}");
         assert_eq!(view["enabled"], true, "{view}");
         assert_eq!(view["node_id"], id, "{view}");
         assert_eq!(view["nodes"].as_array().map(Vec::len), Some(3), "{view}");
@@ -314,4 +309,48 @@ async fn a_publish_on_a_follower_is_forwarded_and_read_everywhere() {
         assert_eq!(p["high_watermark"], 100, "{view}");
         assert_eq!(p["isr"].as_array().map(Vec::len), Some(3), "{view}");
     }
+}
+
+/// `method path` on node `id`'s admin API: (status, JSON body or null).
+fn admin(c: &Cluster, id: u32, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let (base, token) = c.node(id).admin_api().expect("the admin API of a running node");
+    let reply = ureq::request(method, &format!("{base}{path}")).set("Authorization", &format!("Bearer {token}")).call();
+    let r = match reply {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path} on node {id}: {e}"),
+    };
+    let status = r.status();
+    let text = r.into_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_removed_under_load_leaves_every_partition_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3, STREAMS).await;
+    let victim = c.leader_of(STREAM, 0).await;
+    let others: Vec<u32> = c.ids().into_iter().filter(|i| *i != victim).collect();
+    let specs = vec![PublisherSpec::new(0, others[0], 60.0), PublisherSpec::new(1, others[1], 60.0)];
+    let load = Load::start(&c.directory(), specs);
+    progress(&c, &load, 50, "before the removal").await;
+    let (status, body) = admin(&c, others[0], "DELETE", &format!("/api/v1/cluster/nodes/{victim}"));
+    assert_eq!(status, 204, "removing node {victim}: {body}\n{}", c.logs());
+    c.kill9(victim).await;
+    for id in &others {
+        let (_, view) = admin(&c, *id, "GET", "/api/v1/cluster");
+        assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "node {id}: {view}");
+        for p in view["partitions"].as_array().expect("partitions") {
+            assert!(
+                p["leader"] != victim && !p["replicas"].as_array().expect("replicas").contains(&victim.into()),
+                "{p}"
+            );
+        }
+    }
+    progress(&c, &load, 100, "after the removal").await;
+    let (status, body) = admin(&c, others[0], "DELETE", "/api/v1/cluster/nodes/99");
+    assert_eq!(status, 404, "{body}");
+    let (ledger, reports) = load.stop(DRAIN).await;
+    print_reports(&reports);
+    verify_everywhere(&c, &ledger).await;
 }
