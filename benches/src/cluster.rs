@@ -7,14 +7,13 @@
 //! `acks`, and the info log line `cluster ready`.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::mqtt::brokers::{cpu_secs, free_port};
+use crate::mqtt::brokers::{cpu_secs, free_port, spawn_tied};
 
 /// How the nodes are run.
 #[derive(Clone, Debug)]
@@ -125,19 +124,8 @@ impl Nodes {
                 .args(["--grpc", &format!("{ip}:0"), "--http", &format!("{ip}:0")])
                 .env("RUST_LOG", &spec.rust_log)
                 .env("NO_COLOR", "1");
-            // SAFETY: prctl is async-signal-safe; the node dies with this tool (even on SIGKILL).
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .with_context(|| format!("starting {}", spec.axle_bin.display()))?;
+            let child =
+                spawn_tied(&mut cmd, out, err).with_context(|| format!("starting {}", spec.axle_bin.display()))?;
             nodes.nodes.push(Node { id, mqtt: (ip, port), child, log_path });
         }
         // All are started before waiting: a node may be ready only once a quorum is up.

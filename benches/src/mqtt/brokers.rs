@@ -139,19 +139,8 @@ impl Broker {
             }
             other => bail!("unknown broker {other:?}: use axle, mosquitto or rumqttd"),
         };
-        // SAFETY: prctl is async-signal-safe; the broker dies with this tool (even on SIGKILL).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        let child =
+            spawn_tied(&mut cmd, out, err).with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
         let mut b = Broker { name: name.to_string(), port, child, log_path, _dir: dir };
         b.wait_listening(Duration::from_secs(30))?;
         Ok(b)
@@ -199,6 +188,19 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 /// A port that was free a moment ago (the broker binds 0.0.0.0, never the system's 1883).
+/// Spawns `cmd` with no stdin and the given stdout/stderr, as a process that gets SIGKILL
+/// when this tool dies (even by SIGKILL), so no broker outlives a benchmark.
+pub fn spawn_tied(cmd: &mut Command, out: File, err: File) -> std::io::Result<Child> {
+    // SAFETY: prctl is async-signal-safe; the child dies with this tool.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn()
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr().context("finding a free port")?.port())
