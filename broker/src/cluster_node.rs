@@ -24,7 +24,7 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
     let cluster_cfg = ClusterConfig {
         node_id: c.node_id,
         listen: c.listen,
-        advertise: c.advertised(),
+        advertise: c.advertise.clone(),
         seeds: c.parsed_seeds()?,
         heartbeat_ms: c.heartbeat_ms,
         node_timeout_ms: c.node_timeout_ms,
@@ -32,10 +32,11 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
     };
     let me = NodeInfo {
         id: c.node_id,
-        cluster_addr: c.advertised(),
+        cluster_addr: cluster_cfg.advertised(),
         mqtt_addr: cfg.listeners.tcp.to_string(),
         grpc_addr: cfg.listeners.grpc.to_string(),
     };
+    let seeds = cluster_cfg.seeds.clone();
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
         .with_context(|| format!("binding the cluster RPC on {} (cluster.listen)", c.listen))?;
@@ -60,7 +61,7 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
         }
     });
     tracing::info!(node_id = c.node_id, listen = %c.listen, "cluster RPC listening");
-    let (meta2, rep2, seeds) = (meta.clone(), rep.clone(), c.parsed_seeds()?);
+    let (meta2, rep2) = (meta.clone(), rep.clone());
     tokio::spawn(async move { announce_ready(meta2, rep2, seeds).await });
     Ok(ClusterNode { meta, server })
 }

@@ -126,12 +126,7 @@ impl PartitionShared {
     /// the last caller always sees every store made before it.
     fn refresh_end(&self) {
         self.end_tx.send_if_modified(|visible| {
-            let durable = self.log_end.load(Ordering::Acquire);
-            let v = if self.hw_enabled.load(Ordering::Acquire) {
-                durable.min(self.hw.load(Ordering::Acquire))
-            } else {
-                durable
-            };
+            let v = self.high_watermark();
             if *visible == v {
                 return false;
             }
@@ -160,7 +155,8 @@ impl PartitionShared {
         }
     }
 
-    /// The effective high watermark, `min(requested, log_end)`; `log_end` without one.
+    /// The effective high watermark, `min(requested, log_end)`; `log_end` without one. It is
+    /// also what the visible end is recomputed to.
     pub fn high_watermark(&self) -> u64 {
         let durable = self.log_end();
         if self.hw_enabled.load(Ordering::Acquire) {

@@ -97,13 +97,4 @@ impl ClusterSection {
         }
         Ok(())
     }
-
-    /// The address peers dial.
-    pub fn advertised(&self) -> String {
-        if self.advertise.is_empty() {
-            self.listen.to_string()
-        } else {
-            self.advertise.clone()
-        }
-    }
 }

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use axle_proto::cluster::v1::{EpochEndOffsetRequest, ReplicaFetchRequest};
 
-use super::{Replica, Replicator};
+use super::{Leadership, Replica, Replicator};
 use crate::cluster::NodeId;
 
 /// Pause after an error before trying again.
 const BACKOFF: Duration = Duration::from_millis(100);
 
-pub(crate) async fn run(rep: Arc<Replicator>, r: Arc<Replica>, leader: NodeId, epoch: u32, generation: u64) {
-    let current = || *r.generation.borrow() == generation;
+pub(crate) async fn run(rep: Arc<Replicator>, r: Arc<Replica>, leader: NodeId, epoch: u32) {
+    let mine = Leadership { leader: Some(leader), epoch };
+    let current = || *r.leadership.borrow() == mine;
     let mut truncated = false;
     while current() {
         let Some(mut client) = rep.peers.client(&rep, leader) else {
@@ -65,7 +66,7 @@ pub(crate) async fn run(rep: Arc<Replicator>, r: Arc<Replica>, leader: NodeId, e
                 continue;
             }
         }
-        rep.set_hw(&r, resp.high_watermark.min(r.log.log_end()));
+        r.log.set_high_watermark(resp.high_watermark.min(r.log.log_end()));
     }
 }
 

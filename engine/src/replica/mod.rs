@@ -109,13 +109,11 @@ pub(crate) struct Replica {
     pub log: Partition,
     pub acks: Acks,
     pub role: Mutex<Role>,
-    /// Bumped on every role change; a follower task exits when it no longer matches.
-    pub generation: watch::Sender<u64>,
+    /// Who leads under which epoch; changes with every role change (epochs never repeat),
+    /// so a follower task exits as soon as it no longer matches.
     pub leadership: watch::Sender<Leadership>,
     /// The leader's log end after its last append: wakes fetches waiting at the tail.
     pub end: watch::Sender<u64>,
-    /// The high watermark this node last set: wakes fetches so followers learn it.
-    pub hw: watch::Sender<u64>,
     pub forwarder: forward::Forwarder,
     /// High watermark last written to the metadata store.
     persisted_hw: Mutex<u64>,
@@ -167,10 +165,8 @@ impl Replicator {
                 name,
                 acks,
                 role: Mutex::new(Role::Unassigned),
-                generation: watch::channel(0).0,
                 leadership: watch::channel(Leadership::default()).0,
                 end: watch::channel(log.log_end()).0,
-                hw: watch::channel(hw).0,
                 forwarder: forward::Forwarder::default(),
                 persisted_hw: Mutex::new(hw),
                 log,
@@ -278,18 +274,8 @@ impl Replicator {
             _ => None,
         };
         if let Some(hw) = hw {
-            self.set_hw(r, hw);
+            r.log.set_high_watermark(hw);
         }
-    }
-
-    pub(crate) fn set_hw(&self, r: &Replica, hw: u64) {
-        r.log.set_high_watermark(hw);
-        let hw = r.log.high_watermark();
-        r.hw.send_if_modified(|h| {
-            let changed = *h != hw;
-            *h = hw;
-            changed
-        });
     }
 
     /// Waits until `last` is below the high watermark and still holds a batch of `epoch`.
@@ -336,7 +322,7 @@ impl Replicator {
                         l.set_isr(pm.isr.clone(), pm.replicas.clone(), now);
                         let hw = l.advance(r.log.log_end());
                         drop(role);
-                        self.set_hw(r, hw);
+                        r.log.set_high_watermark(hw);
                     }
                 }
                 continue;
@@ -365,10 +351,8 @@ impl Replicator {
             };
             drop(role);
             r.leadership.send_replace(wanted);
-            r.generation.send_modify(|g| *g += 1);
             if let Some(l) = pm.leader.filter(|&l| l != self.me) {
-                let generation = *r.generation.borrow();
-                tokio::spawn(follower::run(self.clone(), r.clone(), l, pm.epoch, generation));
+                tokio::spawn(follower::run(self.clone(), r.clone(), l, pm.epoch));
             }
         }
     }

@@ -77,7 +77,6 @@ impl ReplicaRpc for ReplicaService {
     async fn fetch(&self, req: Request<ReplicaFetchRequest>) -> Result<Response<ReplicaFetchResponse>, Status> {
         let req = req.into_inner();
         let r = self.replica(&req.partition)?.clone();
-        let mut hw_rx = r.hw.subscribe();
         let mut end_rx = r.end.subscribe();
         let hw = {
             let mut role = r.role.lock();
@@ -99,15 +98,16 @@ impl ReplicaRpc for ReplicaService {
             }
             l.advance(end)
         };
-        self.rep.set_hw(&r, hw);
-        hw_rx.borrow_and_update();
+        r.log.set_high_watermark(hw);
         end_rx.borrow_and_update();
         if req.offset >= r.log.log_end() {
-            // At the tail: wait for data or for a new high watermark to pass on.
+            // At the tail: wait for data, or for a new high watermark (the log's visible end)
+            // to pass on.
+            let visible = r.log.bounds().end;
             let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(MAX_FETCH_WAIT_MS)));
             let _ = tokio::time::timeout(wait, async {
                 tokio::select! {
-                    _ = hw_rx.changed() => {}
+                    _ = r.log.wait_past(visible) => {}
                     _ = end_rx.changed() => {}
                 }
             })
