@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axle_broker::config::Config;
 use axle_engine::cluster::{ClusterConfig, Metadata, NodeInfo};
-use axle_engine::replica::{ReplicaConfig, Replicator};
+use axle_engine::journal::{Journal, JOURNAL_PARTITION};
+use axle_engine::replica::{Acks, ReplicaConfig, Replicator};
 use axle_engine::Engine;
 
 /// The running cluster parts of this node.
@@ -42,7 +43,12 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
         .with_context(|| format!("binding the cluster RPC on {} (cluster.listen)", c.listen))?;
     let meta = Metadata::start(cluster_cfg, me).await.context("starting the cluster metadata group")?;
     let streams = engine.streams().streams();
-    let partitions = engine.partitions().iter().map(|p| (p.log.clone(), streams[p.stream].acks)).collect();
+    let mut partitions: Vec<_> = engine.partitions().iter().map(|p| (p.log.clone(), streams[p.stream].acks)).collect();
+    // The session journal rides the same data path as a partition of its own, after the
+    // streams' (docs/replication.md, "Sessions across nodes").
+    let journal_log = engine.log().partition(JOURNAL_PARTITION).context("opening the session journal partition")?;
+    let journal_pid = partitions.len();
+    partitions.push((journal_log.clone(), Acks::Quorum));
     let replica_cfg = ReplicaConfig {
         lag_max_ms: c.replica_lag_max_ms,
         ack_timeout_ms: c.ack_timeout_ms,
@@ -50,6 +56,14 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
     };
     let rep = Replicator::start(meta.clone(), engine.meta().clone(), partitions, replica_cfg);
     engine.set_replicator(rep.clone());
+    let journal = Journal::start(
+        rep.clone(),
+        journal_pid,
+        journal_log,
+        engine.meta().clone(),
+        Duration::from_millis(c.ack_timeout_ms),
+    );
+    engine.set_journal(journal);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)

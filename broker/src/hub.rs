@@ -75,6 +75,8 @@ pub struct Online {
     pub kick: Arc<Notify>,
     pub gone: Arc<Notify>,
     pub gone_flag: Arc<AtomicBool>,
+    /// In a cluster: the journal version the connection claimed its session with.
+    pub journal: Option<axle_engine::journal::Version>,
 }
 
 pub struct Hub {
@@ -210,8 +212,34 @@ impl Hub {
         self.sessions.write().remove(&id);
     }
 
-    /// Starts one dispatcher task per partition, each following its partition's tail.
+    /// Starts one dispatcher task per partition, each following its partition's tail (and,
+    /// in a cluster, the task that disconnects clients whose session another node took).
     pub fn spawn_dispatchers(self: &Arc<Self>) {
+        if let Some(j) = self.engine.journal() {
+            let mut rx = j.superseded();
+            let hub = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (client, version) = match rx.recv().await {
+                        Ok(x) => x,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                missed = n,
+                                "session take-over notices missed; those clients are told at their next save"
+                            );
+                            continue;
+                        }
+                        Err(_) => return,
+                    };
+                    if let Some(o) = hub.online.lock().get(&client) {
+                        if o.journal.is_some_and(|mine| mine.superseded_by(&version)) {
+                            tracing::info!(client_id = %client, node = version.node, "session taken over by another node");
+                            o.kick.notify_one();
+                        }
+                    }
+                }
+            });
+        }
         for p in self.engine.partitions() {
             let hub = self.clone();
             let pid = p.id;

@@ -102,7 +102,8 @@ impl Outbound {
             None
         };
         let retain = keep_retain && msg.retain;
-        if !self.send_publish(msg, qos, retain, packet_id, false, sub_ids, out) {
+        let dup = qos > 0 && offset < cursor.dup_below;
+        if !self.send_publish(msg, qos, retain, packet_id, dup, sub_ids, out) {
             advance(s);
             return Offer::Skipped;
         }

@@ -10,9 +10,15 @@
 //! - `sessions/c` → [`SessionRecord`] (expiry, disconnect time, inbound QoS 2 ids);
 //! - `subscriptions/c\0filter` → [`Subscription`];
 //! - `cursors/c\0partition` → `next` and the in-flight entries of that partition.
+//!
+//! In a cluster every write is instead the session's whole image, written through the
+//! engine's session journal (`axle_engine::journal`) under the version this node claimed at
+//! CONNECT: every node then holds the same rows, and a client can resume its session on any
+//! node (docs/replication.md, "Sessions across nodes").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use axle_engine::journal::{Image, Row, Scope, Version};
 use axle_engine::{Engine, MetaOp, MetaStore};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +81,10 @@ pub struct Cursor {
     pub next: u64,
     /// The log may hold records for this session beyond what arrived live.
     pub catch_up: bool,
+    /// Records below this offset may have been sent already (the session was resumed from a
+    /// save made while it was connected: its node died, or another node took it over), so
+    /// they go out with DUP set. 0 when none.
+    pub dup_below: u64,
 }
 
 /// The state of one session.
@@ -92,6 +102,9 @@ pub struct SessionState {
     next_packet_id: u16,
     /// Cursors or in-flight entries changed since the last save.
     pub dirty: bool,
+    /// In a cluster: the journal version this node claimed the session with (bumped by
+    /// every save).
+    pub journal: Option<Version>,
 }
 
 fn key(client: &str, rest: &str) -> Vec<u8> {
@@ -113,6 +126,8 @@ pub enum SessionError {
     Meta(#[from] axle_engine::MetaError),
     #[error("stored session of {client} is unreadable ({what}); it is discarded")]
     Corrupt { client: String, what: String },
+    #[error(transparent)]
+    Journal(#[from] axle_engine::journal::JournalError),
 }
 
 impl SessionState {
@@ -134,12 +149,49 @@ impl SessionState {
 
     /// The cursor of `pid`, created at `end` (new subscriptions see only new messages).
     pub fn cursor(&mut self, pid: usize, end: u64) -> &mut Cursor {
-        self.cursors.entry(pid).or_insert(Cursor { next: end, catch_up: false })
+        self.cursors.entry(pid).or_insert(Cursor { next: end, catch_up: false, dup_below: 0 })
     }
 
     /// Whether a session with this expiry outlives its connection.
     pub fn is_persistent(&self) -> bool {
         self.expiry_interval > 0
+    }
+
+    /// The stored session for a CONNECT of `client` (`None`: none, expired, unreadable or a
+    /// clean start, which deletes it), and in a cluster the journal version this node now
+    /// holds it with. In a cluster the session is first claimed from whichever node held it:
+    /// once the claim is applied here, the local store holds all that node committed (a
+    /// clean start's claim carries the deletion), and a connection of this client on another
+    /// node is told to go.
+    pub async fn open(
+        engine: &Engine,
+        client: &str,
+        clean_start: bool,
+    ) -> Result<(Option<Self>, Option<Version>), axle_engine::journal::JournalError> {
+        let meta = engine.meta();
+        let journal = match engine.journal() {
+            Some(j) => Some(j.claim(client, clean_start.then(|| Self::deletion_image(client))).await?),
+            None => None,
+        };
+        if clean_start {
+            if journal.is_none() {
+                if let Err(e) = Self::delete(meta, client) {
+                    tracing::error!(client_id = client, error = %e, "could not delete the old session");
+                }
+            }
+            return Ok((None, journal));
+        }
+        let stored = match Self::load(meta, engine, client, axle_engine::log::now_ms()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(client_id = client, error = %e, "stored session unreadable; starting fresh");
+                if journal.is_none() {
+                    let _ = Self::delete(meta, client);
+                }
+                None
+            }
+        };
+        Ok((stored, journal))
     }
 
     /// Loads the stored session of `client`, or `None` if there is none or it expired.
@@ -170,7 +222,12 @@ impl SessionState {
             };
             let (next, inflight) = decode_cursor(&v)
                 .ok_or_else(|| SessionError::Corrupt { client: client.into(), what: format!("cursor {name}") })?;
-            s.cursors.insert(p.id, Cursor { next, catch_up: true });
+            // A save made while connected may lag what was sent: the node died, or another
+            // node took the session over. What follows the cursor goes out with DUP, up to
+            // this replica's log end: past the high watermark any node could have sent from
+            // while this one was in sync.
+            let dup_below = if rec.disconnected_at == 0 { p.log.log_end() } else { 0 };
+            s.cursors.insert(p.id, Cursor { next, catch_up: true, dup_below });
             for (packet_id, offset, qos, released) in inflight {
                 s.outbound.insert(packet_id, Inflight { pid: Some(p.id), offset, qos, released });
             }
@@ -181,7 +238,29 @@ impl SessionState {
         Ok(Some(s))
     }
 
-    /// Removes every stored trace of `client`.
+    /// The image that deletes `client`'s session (a journal claim for a clean start).
+    pub fn deletion_image(client: &str) -> Image {
+        Image { scopes: Self::scopes(client), rows: Vec::new() }
+    }
+
+    fn scopes(client: &str) -> Vec<Scope> {
+        vec![
+            Scope::Key { family: "sessions".into(), key: client.as_bytes().to_vec() },
+            Scope::Prefix { family: "subscriptions".into(), prefix: prefix(client) },
+            Scope::Prefix { family: "cursors".into(), prefix: prefix(client) },
+        ]
+    }
+
+    /// Removes every stored trace of the session: through the journal when it holds a
+    /// claim, else in the local store.
+    pub fn discard(&mut self, engine: &Engine) -> Result<(), SessionError> {
+        match (engine.journal(), self.journal.as_mut()) {
+            (Some(j), Some(v)) => Ok(j.write(&self.client_id, v, &Self::deletion_image(&self.client_id))?),
+            _ => Self::delete(engine.meta(), &self.client_id),
+        }
+    }
+
+    /// Removes every stored trace of `client` from the local store.
     pub fn delete(meta: &MetaStore, client: &str) -> Result<(), SessionError> {
         let mut keys: Vec<(&str, Vec<u8>)> = vec![("sessions", client.as_bytes().to_vec())];
         for fam in ["subscriptions", "cursors"] {
@@ -194,16 +273,25 @@ impl SessionState {
         Ok(())
     }
 
-    /// Stores a subscription change at once.
-    pub fn save_subscription(&self, meta: &MetaStore, sub: &Subscription) -> Result<(), SessionError> {
+    /// Stores a subscription change at once (in a cluster the next save carries it: the
+    /// caller marks the session dirty).
+    pub fn save_subscription(&self, engine: &Engine, sub: &Subscription) -> Result<(), SessionError> {
+        if self.journal.is_some() {
+            return Ok(());
+        }
+        let meta = engine.meta();
         let v = serde_json::to_vec(sub)
             .map_err(|e| SessionError::Corrupt { client: self.client_id.clone(), what: e.to_string() })?;
         meta.put("subscriptions", &key(&self.client_id, &sub.filter), &v, false)?;
         Ok(())
     }
 
-    pub fn delete_subscription(&self, meta: &MetaStore, filter: &str) -> Result<(), SessionError> {
-        meta.delete("subscriptions", &key(&self.client_id, filter), false)?;
+    pub fn delete_subscription(&mut self, engine: &Engine, filter: &str) -> Result<(), SessionError> {
+        if self.journal.is_some() {
+            self.dirty = true;
+            return Ok(());
+        }
+        engine.meta().delete("subscriptions", &key(&self.client_id, filter), false)?;
         Ok(())
     }
 
@@ -211,6 +299,38 @@ impl SessionState {
     /// atomic batch. Not fsynced: it survives a process crash; after a machine crash the
     /// log's own durability bounds what is redelivered.
     pub fn save(&mut self, meta: &MetaStore, engine: &Engine, disconnected_at: i64) -> Result<(), SessionError> {
+        if let (Some(j), Some(version)) = (engine.journal(), self.journal) {
+            let mut version = version;
+            let image = self.image(engine, disconnected_at)?;
+            j.write(&self.client_id, &mut version, &image)?;
+            self.journal = Some(version);
+            self.dirty = false;
+            return Ok(());
+        }
+        let (rec, owned) = self.rows(engine, disconnected_at)?;
+        let mut ops = vec![MetaOp::Put { family: "sessions", key: self.client_id.as_bytes(), value: &rec }];
+        ops.extend(owned.iter().map(|(k, v)| MetaOp::Put { family: "cursors", key: k, value: v }));
+        meta.write_batch(&ops, false)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The session's whole image for the journal: record, subscriptions and cursors.
+    fn image(&self, engine: &Engine, disconnected_at: i64) -> Result<Image, SessionError> {
+        let (rec, cursors) = self.rows(engine, disconnected_at)?;
+        let mut rows = vec![Row { family: "sessions".into(), key: self.client_id.as_bytes().to_vec(), value: rec }];
+        for sub in self.subscriptions.values() {
+            let v = serde_json::to_vec(sub)
+                .map_err(|e| SessionError::Corrupt { client: self.client_id.clone(), what: e.to_string() })?;
+            rows.push(Row { family: "subscriptions".into(), key: key(&self.client_id, &sub.filter), value: v });
+        }
+        rows.extend(cursors.into_iter().map(|(k, v)| Row { family: "cursors".into(), key: k, value: v }));
+        Ok(Image { scopes: Self::scopes(&self.client_id), rows })
+    }
+
+    /// The encoded session record and the (key, value) of every cursor.
+    #[allow(clippy::type_complexity)]
+    fn rows(&self, engine: &Engine, disconnected_at: i64) -> Result<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>), SessionError> {
         let rec = SessionRecord {
             expiry_interval: self.expiry_interval,
             disconnected_at,
@@ -244,11 +364,7 @@ impl SessionState {
             let entries = per_pid.remove(pid).unwrap_or_default();
             owned.push((key(&self.client_id, name), encode_cursor(c.next, &entries)));
         }
-        let mut ops = vec![MetaOp::Put { family: "sessions", key: self.client_id.as_bytes(), value: &rec }];
-        ops.extend(owned.iter().map(|(k, v)| MetaOp::Put { family: "cursors", key: k, value: v }));
-        meta.write_batch(&ops, false)?;
-        self.dirty = false;
-        Ok(())
+        Ok((rec, owned))
     }
 }
 

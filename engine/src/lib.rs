@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod groups;
+pub mod journal;
 pub mod message;
 pub mod meta;
 pub mod replica;
@@ -91,6 +92,8 @@ pub struct Engine {
     first: Vec<usize>,
     /// Set once when the node runs in a cluster: appends then go through replication.
     replicator: OnceLock<Arc<replica::Replicator>>,
+    /// Set once with the replicator: persistent sessions then go through it.
+    journal: OnceLock<Arc<journal::Journal>>,
 }
 
 impl Engine {
@@ -110,7 +113,16 @@ impl Engine {
             }
         }
         let groups = groups::Groups::open(meta.clone())?;
-        Ok(Engine { log, meta, streams, partitions, first, groups, replicator: OnceLock::new() })
+        Ok(Engine {
+            log,
+            meta,
+            streams,
+            partitions,
+            first,
+            groups,
+            replicator: OnceLock::new(),
+            journal: OnceLock::new(),
+        })
     }
 
     pub fn streams(&self) -> &StreamSet {
@@ -169,6 +181,16 @@ impl Engine {
     /// Switches the engine to replicated appends. Call once, before serving clients.
     pub fn set_replicator(&self, r: Arc<replica::Replicator>) {
         let _ = self.replicator.set(r);
+    }
+
+    /// Sets the session journal (a cluster node). Call once, before serving clients.
+    pub fn set_journal(&self, j: Arc<journal::Journal>) {
+        let _ = self.journal.set(j);
+    }
+
+    /// The session journal, when the node runs in a cluster.
+    pub fn journal(&self) -> Option<&Arc<journal::Journal>> {
+        self.journal.get()
     }
 
     /// The replicator, when the node runs in a cluster.

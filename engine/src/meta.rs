@@ -11,8 +11,18 @@ use std::path::Path;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 /// The column families the engine uses. Adding one is compatible; removing one is not.
-pub const COLUMN_FAMILIES: &[&str] =
-    &["sessions", "subscriptions", "cursors", "retained", "groups", "exports", "users", "bans", "replication"];
+pub const COLUMN_FAMILIES: &[&str] = &[
+    "sessions",
+    "subscriptions",
+    "cursors",
+    "retained",
+    "groups",
+    "exports",
+    "users",
+    "bans",
+    "replication",
+    "owners",
+];
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +47,7 @@ pub struct MetaStore {
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One change in an atomic batch.
+#[derive(Debug, Clone, Copy)]
 pub enum MetaOp<'a> {
     Put { family: &'a str, key: &'a [u8], value: &'a [u8] },
     Delete { family: &'a str, key: &'a [u8] },

@@ -83,6 +83,12 @@ impl StreamConfig {
         {
             return Err(format!("stream name {:?} must be 1-100 characters of [A-Za-z0-9_]", self.name));
         }
+        if self.name.starts_with("__") {
+            return Err(format!(
+                "stream name {:?}: names starting with `__` are reserved for Axle's own partitions",
+                self.name
+            ));
+        }
         if !(1..=1024).contains(&self.partitions) {
             return Err(format!("stream {}: partitions = {} must be 1..=1024", self.name, self.partitions));
         }
@@ -207,5 +213,8 @@ mod tests {
         assert!(StreamSet::new(vec![s], 1).unwrap_err().contains("partitions"));
         assert!("levels:x".parse::<PartitionKey>().is_err());
         assert!(StreamSet::new(vec![telemetry(), telemetry()], 1).unwrap_err().contains("twice"));
+        let mut internal = telemetry();
+        internal.name = "__sessions".into();
+        assert!(StreamSet::new(vec![internal], 1).unwrap_err().contains("reserved"));
     }
 }

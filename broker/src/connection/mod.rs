@@ -30,6 +30,7 @@ use crate::codec::{
 use crate::hub::{Delivery, Hub, Online, SessionHandle};
 use crate::outbound::Outbound;
 use crate::session::{SessionState, Subscription};
+use axle_engine::journal::JournalError;
 
 /// Time a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -238,7 +239,13 @@ impl Connection {
                     None => {
                         online.insert(
                             client_id.clone(),
-                            Online { id: 0, kick: kick.clone(), gone: gone.clone(), gone_flag: gone_flag.clone() },
+                            Online {
+                                id: 0,
+                                kick: kick.clone(),
+                                gone: gone.clone(),
+                                gone_flag: gone_flag.clone(),
+                                journal: None,
+                            },
                         );
                         None
                     }
@@ -256,26 +263,27 @@ impl Connection {
         }
 
         let engine = hub.engine.clone();
-        let meta = engine.meta().clone();
-        let now = axle_engine::log::now_ms();
-        let stored = if c.clean_start {
-            if let Err(e) = SessionState::delete(&meta, &client_id) {
-                tracing::error!(%client_id, error = %e, "could not delete the old session");
-            }
-            None
-        } else {
-            match SessionState::load(&meta, &engine, &client_id, now) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(%client_id, error = %e, "stored session unreadable; starting fresh");
-                    let _ = SessionState::delete(&meta, &client_id);
-                    None
+        let (stored, journal) = match SessionState::open(&engine, &client_id, c.clean_start).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%client_id, error = %e, "could not claim the session in the cluster");
+                let mut online = hub.online.lock();
+                if online.get(&client_id).is_some_and(|o| o.id == 0 && Arc::ptr_eq(&o.kick, &kick)) {
+                    online.remove(&client_id);
                 }
+                return Err(refuse(v, ReasonCode::ServerUnavailable));
             }
         };
+        if let Some(o) = hub.online.lock().get_mut(&client_id) {
+            if Arc::ptr_eq(&o.kick, &kick) {
+                o.journal = journal;
+            }
+        }
+        let now = axle_engine::log::now_ms();
         let session_present = stored.is_some();
         let mut session = stored.unwrap_or_else(|| SessionState::new(&client_id, expiry));
         session.expiry_interval = expiry;
+        session.journal = journal;
 
         let requested = Duration::from_secs(u64::from(c.keep_alive));
         let (keep_alive, server_keep_alive) = if v == ProtocolVersion::V5 && c.keep_alive > cfg.max_keepalive {
@@ -560,8 +568,14 @@ impl Connection {
     fn save_if_dirty(&mut self) {
         if self.session.dirty && self.session.is_persistent() {
             let engine = self.hub.engine.clone();
-            if let Err(e) = self.session.save(engine.meta(), &engine, 0) {
-                tracing::error!(client_id = %self.client_id, error = %e, "could not save the session");
+            match self.session.save(engine.meta(), &engine, 0) {
+                Ok(()) => {}
+                Err(crate::session::SessionError::Journal(e @ JournalError::Superseded { .. })) => {
+                    // Another node took the session over; this connection must go.
+                    tracing::info!(client_id = %self.client_id, reason = %e, "session taken over");
+                    self.online.notify_one();
+                }
+                Err(e) => tracing::error!(client_id = %self.client_id, error = %e, "could not save the session"),
             }
         }
     }
@@ -649,11 +663,20 @@ impl Connection {
             let retained = std::mem::take(&mut self.session.retained_inflight);
             self.session.outbound.retain(|id, i| i.pid.is_some() || retained.contains_key(id));
             self.session.retained_inflight = retained;
-            if let Err(e) = self.session.save(engine.meta(), &engine, axle_engine::log::now_ms()) {
-                tracing::error!(client_id = %self.client_id, error = %e, "could not save the session at disconnect");
+            match self.session.save(engine.meta(), &engine, axle_engine::log::now_ms()) {
+                Ok(()) => {}
+                Err(crate::session::SessionError::Journal(e @ JournalError::Superseded { .. })) => {
+                    tracing::info!(client_id = %self.client_id, reason = %e, "session not saved: another node holds it");
+                }
+                Err(e) => {
+                    tracing::error!(client_id = %self.client_id, error = %e, "could not save the session at disconnect")
+                }
             }
-        } else if let Err(e) = SessionState::delete(engine.meta(), &self.client_id) {
-            tracing::error!(client_id = %self.client_id, error = %e, "could not remove the session");
+        } else {
+            match self.session.discard(&engine) {
+                Ok(()) | Err(crate::session::SessionError::Journal(JournalError::Superseded { .. })) => {}
+                Err(e) => tracing::error!(client_id = %self.client_id, error = %e, "could not remove the session"),
+            }
         }
         if publish_will {
             if let Some(w) = self.will.take() {

@@ -28,7 +28,7 @@ impl Connection {
         }
         self.hub.tree.write().insert(&sub.inner, sub.group.as_deref(), self.handle.id);
         if self.session.is_persistent() {
-            if let Err(e) = self.session.save_subscription(engine.meta(), &sub) {
+            if let Err(e) = self.session.save_subscription(&engine, &sub) {
                 tracing::error!(client_id = %self.client_id, error = %e, "could not store a subscription");
             }
             self.session.dirty = true;
@@ -380,7 +380,8 @@ impl Connection {
                         }
                     }
                     if self.session.is_persistent() {
-                        let _ = self.session.delete_subscription(self.hub.engine.meta(), &f);
+                        let engine = self.hub.engine.clone();
+                        let _ = self.session.delete_subscription(&engine, &f);
                     }
                     reasons.push(ReasonCode::Success);
                 }
@@ -393,5 +394,7 @@ impl Connection {
             self.version,
             out,
         );
+        // In a cluster the removal travels with the next save: make it now.
+        self.save_if_dirty();
     }
 }

@@ -135,7 +135,16 @@ pub(super) async fn remove(State(s): State<HttpState>, Path(client_id): Path<Str
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    SessionState::delete(meta, &client_id).map_err(|e| ApiError::internal(e.to_string()))?;
+    match s.hub.engine.journal() {
+        // In a cluster the deletion is a claim of its own, so every node drops the session
+        // (and a connection of this client on another node is told to go).
+        Some(j) => {
+            j.claim(&client_id, Some(SessionState::deletion_image(&client_id)))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        None => SessionState::delete(meta, &client_id).map_err(|e| ApiError::internal(e.to_string()))?,
+    }
     tracing::info!(%client_id, "session deleted through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -166,9 +166,19 @@ async fn forward_once(rep: &Replicator, r: &Replica, leader: u64, records: &[Rec
     };
     let messages = records
         .iter()
-        .map(|rec| ForwardedMessage {
-            key: rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-            message: Bytes::from(crate::Message::encode_record(rec)),
+        .map(|rec| {
+            let key = rec.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+            if r.raw_records {
+                ForwardedMessage {
+                    key,
+                    raw: true,
+                    value: rec.value.clone(),
+                    timestamp: rec.timestamp.unwrap_or(0),
+                    ..Default::default()
+                }
+            } else {
+                ForwardedMessage { key, message: Bytes::from(crate::Message::encode_record(rec)), ..Default::default() }
+            }
         })
         .collect();
     match client.forward(ForwardRequest { partition: r.name.clone(), messages }).await {

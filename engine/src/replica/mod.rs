@@ -108,6 +108,9 @@ pub(crate) struct Replica {
     pub name: String,
     pub log: Partition,
     pub acks: Acks,
+    /// An internal partition (name starting `__`, such as the session journal) whose records
+    /// are not MQTT messages: forwarded as plain key and value.
+    pub raw_records: bool,
     pub role: Mutex<Role>,
     /// Who leads under which epoch; changes with every role change (epochs never repeat),
     /// so a follower task exits as soon as it no longer matches.
@@ -162,6 +165,7 @@ impl Replicator {
             log.enable_high_watermark(hw);
             by_name.insert(name.clone(), i);
             replicas.push(Arc::new(Replica {
+                raw_records: name.starts_with("__"),
                 name,
                 acks,
                 role: Mutex::new(Role::Unassigned),

@@ -161,6 +161,21 @@ impl ReplicaRpc for ReplicaService {
         }
         let mut records = Vec::with_capacity(req.messages.len());
         for m in &req.messages {
+            if m.raw != r.raw_records {
+                return Err(Status::invalid_argument(format!(
+                    "partition {} takes {} records",
+                    r.name,
+                    if r.raw_records { "raw" } else { "MQTT message" }
+                )));
+            }
+            if m.raw {
+                let mut rec = axle_log::Record::new(m.value.clone()).with_key(m.key.clone().into_bytes());
+                if m.timestamp > 0 {
+                    rec = rec.with_timestamp(m.timestamp);
+                }
+                records.push(rec);
+                continue;
+            }
             let msg = Message::decode_bytes(&m.message)
                 .ok_or_else(|| Status::invalid_argument("a forwarded message is malformed"))?;
             records.push(msg.to_record(&m.key));

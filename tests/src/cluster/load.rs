@@ -381,6 +381,8 @@ pub struct SubscriberReport {
 
 /// A subscriber to `v/+/telemetry` at QoS 1 on one node, acknowledging automatically.
 pub struct Subscriber {
+    /// What the first CONNACK said (a resumed persistent session: true).
+    pub session_present: bool,
     stop: watch::Sender<bool>,
     task: JoinHandle<SubscriberReport>,
     got: Arc<Mutex<Vec<Delivery>>>,
@@ -395,17 +397,37 @@ impl Subscriber {
         filter: &str,
         persistent: bool,
     ) -> anyhow::Result<Subscriber> {
+        Self::start_with(addr, client_id, filter, persistent, true).await
+    }
+
+    /// As [`Subscriber::start`]; without `reconnect` the subscriber stops at the first
+    /// connection error (a take-over by another connection, say) instead of reconnecting.
+    pub async fn start_with(
+        addr: SocketAddr,
+        client_id: &str,
+        filter: &str,
+        persistent: bool,
+        reconnect: bool,
+    ) -> anyhow::Result<Subscriber> {
         let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_session(!persistent);
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, el) = AsyncClient::new(o, 1000);
-        let (mut events, driver) = drive(el, true);
+        let (mut events, driver) = drive(el, reconnect);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let got = Arc::new(Mutex::new(Vec::new()));
         let until = Instant::now() + Duration::from_secs(30);
+        let mut session_present = false;
         loop {
             match tokio::time::timeout_at(until, events.recv()).await {
+                Ok(Some(Ok(Event::Incoming(Incoming::ConnAck(a))))) => session_present = a.session_present,
+                // A resumed session's backlog can arrive before the SUBACK.
+                Ok(Some(Ok(Event::Incoming(Incoming::Publish(p))))) => {
+                    if let Some(id) = super::check::decode(&p.payload) {
+                        got.lock().unwrap_or_else(|e| e.into_inner()).push(Delivery { id, dup: p.dup });
+                    }
+                }
                 Ok(Some(Ok(Event::Incoming(Incoming::SubAck(s))))) => {
                     if s.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                         anyhow::bail!("subscription to {filter} refused on {addr}");
@@ -453,7 +475,7 @@ impl Subscriber {
             driver.abort();
             report
         });
-        Ok(Subscriber { stop, task, got })
+        Ok(Subscriber { session_present, stop, task, got })
     }
 
     /// Deliveries so far.
