@@ -62,6 +62,7 @@ pub async fn start(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Cluster
         journal_log,
         engine.meta().clone(),
         Duration::from_millis(c.ack_timeout_ms),
+        engine.log().config().retention_age,
     );
     engine.set_journal(journal);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
