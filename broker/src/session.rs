@@ -105,6 +105,10 @@ pub struct SessionState {
     /// In a cluster: the journal version this node claimed the session with (bumped by
     /// every save).
     pub journal: Option<Version>,
+    /// In a cluster: tells whether the last save is committed in the journal.
+    pub replicating: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// Output must wait for `replicating`: it acknowledges what the last save holds.
+    pub hold_output: bool,
 }
 
 fn key(client: &str, rest: &str) -> Vec<u8> {
@@ -255,7 +259,10 @@ impl SessionState {
     /// claim, else in the local store.
     pub fn discard(&mut self, engine: &Engine) -> Result<(), SessionError> {
         match (engine.journal(), self.journal.as_mut()) {
-            (Some(j), Some(v)) => Ok(j.write(&self.client_id, v, &Self::deletion_image(&self.client_id))?),
+            (Some(j), Some(v)) => {
+                j.write(&self.client_id, v, &Self::deletion_image(&self.client_id))?;
+                Ok(())
+            }
             _ => Self::delete(engine.meta(), &self.client_id),
         }
     }
@@ -302,7 +309,7 @@ impl SessionState {
         if let (Some(j), Some(version)) = (engine.journal(), self.journal) {
             let mut version = version;
             let image = self.image(engine, disconnected_at)?;
-            j.write(&self.client_id, &mut version, &image)?;
+            self.replicating = Some(j.write(&self.client_id, &mut version, &image)?);
             self.journal = Some(version);
             self.dirty = false;
             return Ok(());

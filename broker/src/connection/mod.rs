@@ -102,6 +102,7 @@ where
     };
     let mut out = BytesMut::with_capacity(16 * 1024);
     conn.start(&mut out);
+    conn.replicated().await;
     let end = if io.write_all(&out).await.is_err() { End::Network } else { conn.run(&mut io, rbuf).await };
     conn.finish(&mut io, end).await;
 }
@@ -274,9 +275,19 @@ impl Connection {
                 return Err(refuse(v, ReasonCode::ServerUnavailable));
             }
         };
-        if let Some(o) = hub.online.lock().get_mut(&client_id) {
-            if Arc::ptr_eq(&o.kick, &kick) {
+        if let (Some(j), Some(mine)) = (engine.journal(), journal) {
+            // Another node's claim applied after ours was checked is announced to connections
+            // that have a version; set ours, then look again, so that one of the two sees it.
+            let mut online = hub.online.lock();
+            if let Some(o) = online.get_mut(&client_id).filter(|o| Arc::ptr_eq(&o.kick, &kick)) {
                 o.journal = journal;
+            }
+            if j.version(&client_id).ok().flatten().is_some_and(|held| mine.superseded_by(&held)) {
+                tracing::info!(%client_id, "session taken by another node while connecting");
+                if online.get(&client_id).is_some_and(|o| o.id == 0 && Arc::ptr_eq(&o.kick, &kick)) {
+                    online.remove(&client_id);
+                }
+                return Err(refuse(v, ReasonCode::ServerUnavailable));
             }
         }
         let now = axle_engine::log::now_ms();
@@ -434,7 +445,7 @@ impl Connection {
         // The session exists on disk from its CONNACK on, even if the broker dies at once.
         if self.session.is_persistent() {
             self.session.dirty = true;
-            self.save_if_dirty();
+            self.save_durably();
         }
         self.shared_pull = true;
     }
@@ -477,6 +488,7 @@ impl Connection {
                 }
             }
             if !out.is_empty() {
+                self.replicated().await;
                 if io.write_all(&out).await.is_err() {
                     return End::Network;
                 }
@@ -561,7 +573,27 @@ impl Connection {
             && self.session.is_persistent()
             && self.session.outbound.values().any(|i| i.qos == 2 && i.pid.is_some())
         {
-            self.save_if_dirty();
+            self.save_durably();
+        }
+    }
+
+    /// Saves the session before output that acknowledges its new state (CONNACK, SUBACK,
+    /// PUBREC, a QoS 2 send) leaves: in a cluster that output then waits until the save is
+    /// committed in the journal, so that another node resuming the session has it.
+    fn save_durably(&mut self) {
+        self.save_if_dirty();
+        self.session.hold_output |= self.session.replicating.is_some();
+    }
+
+    /// Waits (at most 10 s) for the save that held output back; see [`Self::save_durably`].
+    async fn replicated(&mut self) {
+        if !std::mem::take(&mut self.session.hold_output) {
+            return;
+        }
+        if let Some(rx) = self.session.replicating.take() {
+            if !matches!(tokio::time::timeout(Duration::from_secs(10), rx).await, Ok(Ok(true))) {
+                tracing::warn!(client_id = %self.client_id, "session save not committed in the cluster journal; acknowledging anyway");
+            }
         }
     }
 

@@ -266,7 +266,7 @@ impl Connection {
             Ok(()) => {
                 self.session.awaiting_rel.insert(packet_id);
                 self.session.dirty = true;
-                self.save_if_dirty();
+                self.save_durably();
                 let _ = codec::encode(&Packet::PubRec(PubAck { packet_id, ..Default::default() }), self.version, out);
             }
             Err(e) if self.version == ProtocolVersion::V5 => {
@@ -332,7 +332,7 @@ impl Connection {
         out.unsplit(retained);
         // A new persistent subscription is stored before its SUBACK leaves, cursors included,
         // so a crash right after cannot lose the session or what is published next.
-        self.save_if_dirty();
+        self.save_durably();
         self.shared_pull = true;
     }
 

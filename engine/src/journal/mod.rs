@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use axle_log::{now_ms, LogError, Partition, Record, StoredRecord};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
 pub use image::{
     apply_record, decode, encode, owner_row, owner_rows, refresh_record, stored_version, write_image, Applied, Entry,
@@ -121,7 +121,8 @@ impl Journal {
             applied: watch::channel(from).0,
             superseded: broadcast::channel(1024).0,
             timeout,
-            refresh_after: retention_age.map(|a| a / 3),
+            // At least a second: `retention_hours = 0` must not make a zero period.
+            refresh_after: retention_age.filter(|a| !a.is_zero()).map(|a| (a / 3).max(Duration::from_secs(1))),
         });
         tokio::spawn(j.clone().apply_loop(from));
         tokio::spawn(j.clone().refresh_loop());
@@ -152,7 +153,9 @@ impl Journal {
             Version { generation, node: self.me, seq: 0 }
         };
         let outcome = self.claim_inner(entity, version, image).await;
-        {
+        // After a failure the entry stays: the claim may still be applied later, and a retry
+        // must not reuse its version (its record would then change nothing).
+        if outcome.is_ok() {
             let mut claiming = self.claiming.lock();
             if claiming.get(entity) == Some(&version.generation) {
                 claiming.remove(entity);
@@ -170,17 +173,26 @@ impl Journal {
             return Err(JournalError::ApplyTimeout { offset, timeout_ms: self.timeout.as_millis() as u64 });
         }
         match self.version(entity)? {
-            Some(held) if version.superseded_by(&held) => {
+            Some(held) if held == version => Ok(version),
+            Some(held) => {
                 Err(JournalError::Superseded { entity: entity.into(), node: held.node, generation: held.generation })
             }
-            _ => Ok(version),
+            None => Err(JournalError::Superseded { entity: entity.into(), node: 0, generation: 0 }),
         }
     }
 
     /// Writes `image` as the owner holding `version` (bumping its seq): locally at once, and
     /// to the journal in the background (appends keep their call order). Fails with
-    /// `Superseded`, writing nothing, once another node claimed the entity.
-    pub fn write(&self, entity: &str, version: &mut Version, image: &Image) -> Result<(), JournalError> {
+    /// `Superseded`, writing nothing, once another node claimed the entity. The receiver
+    /// says, once known, whether the record is committed (on a majority of the nodes);
+    /// callers that acknowledge something to a client on the strength of this write wait
+    /// for it.
+    pub fn write(
+        &self,
+        entity: &str,
+        version: &mut Version,
+        image: &Image,
+    ) -> Result<oneshot::Receiver<bool>, JournalError> {
         let value = {
             let _g = self.lock.lock();
             if let Some(held) = self.version(entity)? {
@@ -201,12 +213,18 @@ impl Journal {
         let record = Record::new(value).with_key(entity.as_bytes().to_vec());
         let pending = self.rep.publish(self.pid, vec![record]);
         let entity = entity.to_string();
+        let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            if let Err(e) = pending.await {
-                tracing::warn!(%entity, error = %e, "session journal write not replicated; the next write carries the whole image again");
-            }
+            let committed = match pending.await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(%entity, error = %e, "session journal write not replicated; the next write carries the whole image again");
+                    false
+                }
+            };
+            let _ = tx.send(committed);
         });
-        Ok(())
+        Ok(rx)
     }
 
     async fn apply_loop(self: Arc<Self>, from: u64) {
@@ -255,7 +273,9 @@ impl Journal {
         let extra = [MetaOp::Put { family: "replication", key: APPLIED_KEY, value: &checkpoint }];
         let key = r.key.as_deref().unwrap_or_default();
         let _g = self.lock.lock();
-        let outcome = match apply_record(&self.store, self.me, key, &r.value, &extra, now_ms()) {
+        // Touched at the record's time, not now: a node replaying an old backlog must not
+        // take old images for fresh ones (see `refresh_loop`).
+        let outcome = match apply_record(&self.store, self.me, key, &r.value, &extra, r.timestamp) {
             Err(MetaError::UnknownFamily(f)) => {
                 tracing::warn!(offset = r.offset, family = %f, "session journal record names an unknown family; skipped");
                 return self.store.write_batch(&extra, false);

@@ -228,8 +228,7 @@ pub struct DeliverySummary {
     pub distinct: usize,
     /// Deliveries with DUP set.
     pub with_dup: usize,
-    /// Deliveries without DUP beyond the copies in the log (only tolerated after the
-    /// subscriber's own node crashed).
+    /// Deliveries without DUP beyond the copies in the log (only tolerated with `overlap`).
     pub plain_redeliveries: usize,
 }
 
@@ -242,16 +241,15 @@ pub struct DeliverySummary {
 /// - per publisher, the first deliveries of acknowledged, non-retried messages are in
 ///   sequence order.
 ///
-/// `own_node_crashed`: the subscriber's own node was SIGKILLed while it was subscribed. Its
-/// session then resumes from the state it had last saved, so messages delivered after that
-/// save come again *without* DUP (the node cannot know it sent them); they are counted in
-/// [`DeliverySummary::plain_redeliveries`] instead of failing the check. Everything else
-/// (nothing missing, nothing foreign, order) is checked the same.
+/// `overlap`: two connections of the session were live at once (a take-over across nodes,
+/// until the old node learns of it), so both may have sent the newest messages without DUP;
+/// such copies are counted in [`DeliverySummary::plain_redeliveries`] instead of failing
+/// the check. Everything else (nothing missing, nothing foreign, order) is checked the same.
 pub fn check_deliveries(
     ledger: &Ledger,
     logs: &[PartitionLog],
     got: &[Delivery],
-    own_node_crashed: bool,
+    overlap: bool,
 ) -> Result<DeliverySummary, String> {
     let mut errs = Vec::new();
     let (count, _) = copies(logs, &mut errs);
@@ -282,7 +280,7 @@ pub fn check_deliveries(
     for (id, all, plain) in extra {
         match count.get(&id).copied().unwrap_or(0) {
             0 => errs.push(format!("{id:?} was delivered {all} time(s) and is not in the committed log")),
-            n if own_node_crashed => plain_redeliveries += plain - n,
+            n if overlap => plain_redeliveries += plain - n,
             n => errs.push(format!("{id:?} was delivered {plain} times without DUP; the log has {n} copies")),
         }
     }
