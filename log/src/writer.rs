@@ -340,6 +340,12 @@ impl Writer {
                 }
             }
         }
+        let always = self.cfg.fsync == FsyncPolicy::Always;
+        if always {
+            for p in self.parts.iter_mut().filter(|p| !p.round_bufs.is_empty()) {
+                p.zero_ahead(self.cfg.segment_bytes);
+            }
+        }
         let mut ops = Vec::new();
         let mut who = Vec::new();
         for (i, p) in self.parts.iter().enumerate() {
@@ -365,7 +371,6 @@ impl Writer {
         self.stats.batches.fetch_add(batches as u64, Relaxed);
         self.stats.bytes.fetch_add(round_bytes, Relaxed);
         self.unsynced_bytes += round_bytes;
-        let always = self.cfg.fsync == FsyncPolicy::Always;
         let mut job = SyncJob::default();
         for (i, r) in who.into_iter().zip(results) {
             let p = &mut self.parts[i];
