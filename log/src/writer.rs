@@ -112,9 +112,15 @@ pub struct Writer {
     /// backend is `pwritev` and the kernel takes `RWF_DSYNC`).
     inline: bool,
     cohort: Cohort,
+    /// Set after an inline round acknowledged appends: its appenders usually append again
+    /// within tens of microseconds, so poll for them before blocking.
+    spin_next: bool,
 }
 
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the writer polls for the next append after an inline round before blocking.
+const SPIN: Duration = Duration::from_micros(100);
 
 impl Writer {
     /// Creates the writer and starts its flusher thread (with its own `flush_backend`).
@@ -148,6 +154,7 @@ impl Writer {
             in_flight,
             inline,
             cohort: Cohort::default(),
+            spin_next: false,
         })
     }
 
@@ -176,7 +183,13 @@ impl Writer {
                 }
                 _ => self.next_retention,
             };
-            let first = match self.rx.recv_deadline(deadline) {
+            let spun = if self.spin_next { self.spin_for_command() } else { None };
+            self.spin_next = false;
+            let got = match spun {
+                Some(c) => Ok(c),
+                None => self.rx.recv_deadline(deadline),
+            };
+            let first = match got {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     self.maybe_background_sync();
@@ -206,7 +219,10 @@ impl Writer {
                 if self.cohort.wants_more(have) {
                     let until = self.cohort.deadline();
                     'wait: while self.cohort.wants_more(have) && Instant::now() < until {
-                        std::thread::sleep(crate::cohort::POLL);
+                        // Yield rather than sleep: a sleeping thread's vCPU may halt, and
+                        // waking it costs tens of microseconds on a VM (measured: the
+                        // gather took ~90 µs sleeping, ~30 µs yielding).
+                        std::thread::yield_now();
                         while let Ok(c) = self.rx.try_recv() {
                             barrier = self.take(c, &mut controls, &mut bytes, now);
                             if barrier || bytes >= self.cfg.max_round_bytes {
@@ -279,6 +295,22 @@ impl Writer {
         let _ = rx.recv();
     }
 
+    /// Polls for a command for up to [`SPIN`], yielding the CPU between polls. Blocking in
+    /// `recv` instead lets this thread's vCPU halt, and the appenders just acknowledged
+    /// would then wake it up again (measured: ~65 µs from the last acknowledgement to the
+    /// first re-append blocking, ~40 µs polling).
+    fn spin_for_command(&mut self) -> Option<Command> {
+        let until = Instant::now() + SPIN;
+        while Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(c) => return Some(c),
+                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        }
+        None
+    }
+
     /// Whether the next `always` round may be written and synced on this thread.
     fn inline_possible(&self) -> bool {
         self.inline && self.cfg.fsync == FsyncPolicy::Always && self.in_flight.load(Acquire) == 0
@@ -316,6 +348,7 @@ impl Writer {
             Ok(()) => {
                 let item = p.written(true);
                 p.unsynced = false;
+                self.spin_next = !item.acks.is_empty();
                 let _ = crate::flusher::finish_item(item, None);
             }
             Err(DsyncError::Space(e)) => p.fail_round(e),
