@@ -20,9 +20,12 @@ fn run_axle(dir: &Path, secs: f64, zero: bool) -> (f64, f64, f64, f64) {
     let _ = std::fs::remove_dir_all(dir);
     let cfg = LogConfig { fsync: FsyncPolicy::Always, retention_age: None, ..LogConfig::default() };
     let log = Log::open(dir, cfg).expect("open");
-    let part = log.partition("p-0").expect("partition");
+    let nparts: usize = std::env::var("PARTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let size: usize = std::env::var("SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let parts: Vec<_> = (0..nparts).map(|i| log.partition(&format!("p-{i}")).expect("partition")).collect();
+    let part = parts[0].clone();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let value = Bytes::from(vec![b'v'; 100]);
+    let value = Bytes::from(vec![b'v'; size]);
     rt.block_on(part.append(&[Record::new(value.clone())])).expect("warm");
     if zero {
         // Experiment: zero-fill the active segment past its data, synced, before the run.
@@ -48,12 +51,15 @@ fn run_axle(dir: &Path, secs: f64, zero: bool) -> (f64, f64, f64, f64) {
     let deadline = started + Duration::from_secs_f64(secs);
     let n: Vec<f64> = rt.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..64 {
-            let p = part.clone();
+        for a in 0..64 {
+            let ps = parts.clone();
             let value = value.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut i = a;
                 while Instant::now() < deadline {
+                    let p = &ps[i % ps.len()];
+                    i += 1;
                     let t = Instant::now();
                     p.append(&[Record::new(value.clone())]).await.expect("append");
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
