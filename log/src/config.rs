@@ -92,7 +92,9 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Largest accepted batch, in bytes, header included.
     pub max_batch_bytes: usize,
-    /// Reserve each new segment's space with `fallocate` (skipped where unsupported).
+    /// Reserve each new segment's space with `fallocate` (skipped where unsupported). Under
+    /// `fsync = always` the reserved space is also zero-filled 1 MiB ahead of the tail, so
+    /// that syncs flush data only (see `PartitionWriter::zero_ahead`).
     pub preallocate: bool,
     /// On open, truncate a partition at mid-log corruption instead of refusing to open.
     pub repair: bool,

@@ -14,13 +14,15 @@
 
 use std::collections::HashMap;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::appender::Ack;
+use crate::cohort::Cohort;
 use crate::error::{LogError, Result};
 use crate::io::{Backend, WriteOp};
 use crate::partition::PartitionShared;
@@ -51,35 +53,29 @@ fn acks_in(jobs: &[SyncJob]) -> usize {
     jobs.iter().flat_map(|j| j.items.iter()).map(|i| i.acks.len()).sum()
 }
 
-/// Runs until every sender is dropped.
+/// Runs until every sender is dropped. `in_flight` counts jobs handed over and not yet
+/// finished; it is decremented once a job's acknowledgements are sent.
 ///
-/// Before each sync it may wait a little for more work: callers acknowledged by the previous
-/// sync usually append again at once, and one sync carrying all of them beats two syncs
-/// carrying half each. It waits for at most the recent sync latency, and only for as many
-/// acks as recent syncs carried (a maximum decaying by 1/8 per sync), so a lone appender
-/// never waits and a shrinking load stops waiting within a few syncs.
-pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<WriterStats>) {
-    // Fine-grained sleeps: the default 50 µs timer slack would dwarf the waits below.
-    // SAFETY: prctl on the calling thread with a plain integer argument.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-    let mut expected = 0usize;
-    let mut sync_ewma = Duration::from_micros(200);
+/// Before each sync it may wait a little for more work (see [`Cohort`]).
+pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<WriterStats>, in_flight: Arc<AtomicUsize>) {
+    crate::cohort::fine_timer_slack();
+    let mut cohort = Cohort::default();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
         let mut have = acks_in(&jobs);
-        if have > 0 && have < expected && jobs.iter().all(|j| j.done.is_none()) {
+        if cohort.wants_more(have) && jobs.iter().all(|j| j.done.is_none()) {
             // Appenders acknowledged by the last sync re-append over tens of microseconds
             // on a busy machine (each wakes, encodes, and the writer writes it), in bursts
             // with quiet gaps: so wait out gaps too, bounded by one sync's latency.
-            let until = Instant::now() + sync_ewma;
-            while have < expected && Instant::now() < until {
-                std::thread::sleep(Duration::from_micros(10));
+            let until = cohort.deadline();
+            while cohort.wants_more(have) && Instant::now() < until {
+                std::thread::sleep(crate::cohort::POLL);
                 jobs.extend(rx.try_iter());
                 have = acks_in(&jobs);
             }
         }
-        expected = have.max(expected - expected / 8);
+        cohort.gathered(have);
         // One sync per distinct segment file.
         let mut segments: Vec<(Arc<Segment>, u64)> = Vec::new();
         let mut seen = HashMap::new();
@@ -105,7 +101,7 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
         let results = if ops.is_empty() { Vec::new() } else { backend.submit(&ops) };
         let took = started.elapsed();
         if !ops.is_empty() {
-            sync_ewma = (sync_ewma * 7 + took) / 8;
+            cohort.synced(took);
             stats.sync_latency.observe(took);
         }
         stats.fsyncs.fetch_add(ops.len() as u64, Relaxed);
@@ -126,31 +122,42 @@ pub fn run(rx: Receiver<SyncJob>, mut backend: Box<dyn Backend>, stats: Arc<Writ
             let mut job_err = None;
             for item in job.items {
                 let i = seen[&(Arc::as_ptr(&item.segment) as usize)];
-                if let Some(reason) = failures.get(&i) {
-                    item.shared.poison(format!("fdatasync of {} failed: {reason}", item.segment.path.display()));
-                }
-                match item.shared.poisoned() {
-                    Some(reason) => {
-                        let err = || LogError::Poisoned { partition: item.shared.name.clone(), reason: reason.clone() };
-                        for ack in item.acks {
-                            let _ = ack.reply.send(Err(err()));
-                        }
-                        job_err = Some(err());
-                    }
-                    None => {
-                        if item.publish {
-                            item.segment.commit(item.len, item.next);
-                            item.shared.publish_end(item.next);
-                        }
-                        for ack in item.acks {
-                            let _ = ack.reply.send(Ok(ack.appended));
-                        }
-                    }
+                if let Some(e) = finish_item(item, failures.get(&i).map(String::as_str)) {
+                    job_err = Some(e);
                 }
             }
             if let Some(done) = job.done {
                 let _ = done.send(job_err.map_or(Ok(()), Err));
             }
+            in_flight.fetch_sub(1, Release);
+        }
+    }
+}
+
+/// Completes one synced item: poisons its partition if its sync failed (`sync_failure`
+/// says why), then publishes it and acknowledges its appends, or fails them if the
+/// partition is poisoned. Returns the error its appends got, if any.
+pub fn finish_item(item: SyncItem, sync_failure: Option<&str>) -> Option<LogError> {
+    if let Some(reason) = sync_failure {
+        item.shared.poison(format!("fdatasync of {} failed: {reason}", item.segment.path.display()));
+    }
+    match item.shared.poisoned() {
+        Some(reason) => {
+            let err = || LogError::Poisoned { partition: item.shared.name.clone(), reason: reason.clone() };
+            for ack in item.acks {
+                let _ = ack.reply.send(Err(err()));
+            }
+            Some(err())
+        }
+        None => {
+            if item.publish {
+                item.segment.commit(item.len, item.next);
+                item.shared.publish_end(item.next);
+            }
+            for ack in item.acks {
+                let _ = ack.reply.send(Ok(ack.appended));
+            }
+            None
         }
     }
 }

@@ -303,3 +303,50 @@ impl Backend for UringBackend {
         out
     }
 }
+
+/// How [`pwritev_dsync`] failed.
+#[derive(Debug)]
+pub enum DsyncError {
+    /// The kernel refused `RWF_DSYNC` itself (nothing was written): use another path.
+    Unsupported,
+    /// The write ran out of space (`ENOSPC`, `EDQUOT`, `EFBIG`): nothing of the failed call
+    /// is known durable; the partition can go on once the round is cut off.
+    Space(io::Error),
+    /// Any other failure, which may have come from the sync: the file's state is unknown.
+    Other(io::Error),
+}
+
+/// Writes `bufs` back to back at `pos` with `pwritev2(RWF_DSYNC)`: each call returns once
+/// its bytes (and the metadata needed to read them back) are durable. The kernel syncs only
+/// the written range, so pages dirtied past it (zero-fill ahead) are not waited for.
+pub fn pwritev_dsync(fd: RawFd, pos: u64, bufs: &[Bytes]) -> std::result::Result<(), DsyncError> {
+    let total = total_len(bufs);
+    let mut done = 0usize;
+    while done < total {
+        let iov = iovecs_from(bufs, done);
+        // SAFETY: the iovecs point into `bufs`, which outlive the call.
+        let n = unsafe {
+            libc::pwritev2(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (pos + done as u64) as libc::off_t,
+                libc::RWF_DSYNC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) if done == 0 => DsyncError::Unsupported,
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => DsyncError::Space(e),
+                _ => DsyncError::Other(e),
+            });
+        }
+        if n == 0 {
+            return Err(DsyncError::Space(io::ErrorKind::WriteZero.into()));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

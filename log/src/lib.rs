@@ -22,6 +22,7 @@
 
 mod appender;
 mod batch;
+mod cohort;
 mod config;
 mod epochs;
 mod error;
