@@ -232,6 +232,41 @@ pub fn refresh_record(row: &OwnerRow) -> Bytes {
     out.freeze()
 }
 
+/// What the periodic refresh does with the rows this node holds (see `super::refresh_loop`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RefreshPlan {
+    /// Entities with rows, not written since `cutoff_ms`: appended again (by the leader).
+    pub append: Vec<String>,
+    /// Entities without rows (deleted sessions, claims of clean sessions) untouched for the
+    /// whole retention age: their `owners` row is forgotten on this node. By then the log
+    /// holds none of their records, and a deposed owner has long been told to go.
+    pub forget: Vec<String>,
+}
+
+impl OwnerRow {
+    /// Whether the last image holds no rows (a deletion), or there never was one.
+    pub fn is_empty(&self, entity: &str) -> bool {
+        decode(entity.as_bytes(), &refresh_record(self)).and_then(|e| e.image).is_none_or(|i| i.rows.is_empty())
+    }
+}
+
+/// Sorts `rows` for a refresh at: `stale_ms` (older is appended again) and `expired_ms`
+/// (older and empty is forgotten), both in ms since the Unix epoch.
+pub fn refresh_plan(rows: &[(String, OwnerRow)], stale_ms: i64, expired_ms: i64) -> RefreshPlan {
+    let mut plan = RefreshPlan::default();
+    for (entity, row) in rows {
+        if row.touched_ms >= stale_ms {
+            continue;
+        }
+        if !row.is_empty(entity) {
+            plan.append.push(entity.clone());
+        } else if row.touched_ms < expired_ms {
+            plan.forget.push(entity.clone());
+        }
+    }
+    plan
+}
+
 /// Writes `record` (an encoded journal record for `entity`, already decoded as `image`) to
 /// `store` at `version` in one atomic batch, plus `extra` rows (the apply checkpoint). The
 /// image's scopes lose the rows the image does not have; a record without an image (a
@@ -382,6 +417,25 @@ mod tests {
         assert!(fresh.get("sessions", b"c").unwrap().is_some());
         // Garbage is skipped, never applied.
         assert_eq!(apply_record(&store, 2, b"c", b"\x07junk", &[], 60).unwrap().0, Applied::Skipped);
+    }
+
+    #[test]
+    fn refresh_appends_live_images_and_forgets_old_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        let v = Version { generation: 1, node: 1, seq: 1 };
+        let at = |entity: &str, ms: i64, img: Option<&Image>| {
+            write_image(&store, entity, v, &encode(v, img), img, &[], ms).unwrap();
+        };
+        at("live-old", 100, Some(&image("live-old", &["a"])));
+        at("live-new", 900, Some(&image("live-new", &["a"])));
+        at("gone-old", 100, Some(&Image { rows: vec![], ..image("gone-old", &[]) }));
+        at("gone-mid", 400, Some(&Image { rows: vec![], ..image("gone-mid", &[]) }));
+        at("claim-old", 100, None);
+        let rows = owner_rows(&store).unwrap();
+        let plan = refresh_plan(&rows, 500, 200);
+        assert_eq!(plan.append, vec!["live-old".to_string()]);
+        assert_eq!(plan.forget, vec!["claim-old".to_string(), "gone-old".to_string()]);
     }
 
     #[test]

@@ -41,8 +41,8 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, oneshot, watch};
 
 pub use image::{
-    apply_record, decode, encode, owner_row, owner_rows, refresh_record, stored_version, write_image, Applied, Entry,
-    Image, OwnerRow, Row, Scope, Version,
+    apply_record, decode, encode, owner_row, owner_rows, refresh_plan, refresh_record, stored_version, write_image,
+    Applied, Entry, Image, OwnerRow, RefreshPlan, Row, Scope, Version,
 };
 
 use crate::meta::{MetaError, MetaOp, MetaStore};
@@ -292,8 +292,10 @@ impl Journal {
         Ok(())
     }
 
-    /// On the journal's leader, every [`REFRESH_EVERY`]: appends again the image of every
-    /// entity not written for `refresh_after` (see the module's note on retention).
+    /// Every [`REFRESH_EVERY`]: on the journal's leader, appends again the image of every
+    /// entity not written for `refresh_after`; on every node, forgets the `owners` rows of
+    /// deleted entities untouched for the whole retention age (see the module's note on
+    /// retention).
     async fn refresh_loop(self: Arc<Self>) {
         let Some(after) = self.refresh_after else { return };
         let mut every = tokio::time::interval(REFRESH_EVERY.min(after));
@@ -301,27 +303,40 @@ impl Journal {
         every.tick().await;
         loop {
             every.tick().await;
-            if self.rep.leadership(self.pid).leader != Some(self.me) {
-                continue;
-            }
-            let cutoff = now_ms() - after.as_millis() as i64;
-            let stale: Vec<(String, OwnerRow)> = match owner_rows(&self.store) {
-                Ok(rows) => rows.into_iter().filter(|(_, r)| r.touched_ms < cutoff).collect(),
+            let now = now_ms();
+            let rows = match owner_rows(&self.store) {
+                Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "session journal refresh: reading the owners failed");
                     continue;
                 }
             };
-            if stale.is_empty() {
+            let plan = refresh_plan(&rows, now - after.as_millis() as i64, now - 3 * after.as_millis() as i64);
+            if !plan.forget.is_empty() {
+                let _g = self.lock.lock();
+                // Only rows still as planned: a claim may have arrived meanwhile.
+                let ops: Vec<MetaOp<'_>> = plan
+                    .forget
+                    .iter()
+                    .filter(|e| owner_row(&self.store, e).ok().flatten().is_some_and(|r| r.is_empty(e)))
+                    .map(|e| MetaOp::Delete { family: image::OWNERS, key: e.as_bytes() })
+                    .collect();
+                if let Err(e) = self.store.write_batch(&ops, false) {
+                    tracing::warn!(error = %e, "session journal refresh: forgetting deleted sessions failed");
+                }
+            }
+            if plan.append.is_empty() || self.rep.leadership(self.pid).leader != Some(self.me) {
                 continue;
             }
+            let by_name: HashMap<&str, &OwnerRow> = rows.iter().map(|(e, r)| (e.as_str(), r)).collect();
             tracing::info!(
-                entities = stale.len(),
+                entities = plan.append.len(),
                 "session journal: appending unchanged sessions again ahead of retention"
             );
-            for chunk in stale.chunks(REFRESH_BATCH) {
+            for chunk in plan.append.chunks(REFRESH_BATCH) {
                 let pending: Vec<_> = chunk
                     .iter()
+                    .filter_map(|entity| by_name.get(entity.as_str()).map(|row| (entity, row)))
                     .map(|(entity, row)| {
                         let rec = Record::new(refresh_record(row)).with_key(entity.as_bytes().to_vec());
                         self.rep.publish(self.pid, vec![rec])
