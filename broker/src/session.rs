@@ -134,6 +134,13 @@ pub enum SessionError {
     Journal(#[from] axle_engine::journal::JournalError),
 }
 
+impl SessionError {
+    /// Another node holds the session now: nothing was written, and this connection must go.
+    pub fn is_superseded(&self) -> bool {
+        matches!(self, SessionError::Journal(axle_engine::journal::JournalError::Superseded { .. }))
+    }
+}
+
 impl SessionState {
     pub fn new(client_id: &str, expiry_interval: u32) -> Self {
         SessionState { client_id: client_id.to_string(), expiry_interval, next_packet_id: 1, ..Default::default() }
@@ -305,7 +312,7 @@ impl SessionState {
     /// Stores the session record, every cursor and every persisted in-flight entry in one
     /// atomic batch. Not fsynced: it survives a process crash; after a machine crash the
     /// log's own durability bounds what is redelivered.
-    pub fn save(&mut self, meta: &MetaStore, engine: &Engine, disconnected_at: i64) -> Result<(), SessionError> {
+    pub fn save(&mut self, engine: &Engine, disconnected_at: i64) -> Result<(), SessionError> {
         if let (Some(j), Some(version)) = (engine.journal(), self.journal) {
             let mut version = version;
             let image = self.image(engine, disconnected_at)?;
@@ -317,7 +324,7 @@ impl SessionState {
         let (rec, owned) = self.rows(engine, disconnected_at)?;
         let mut ops = vec![MetaOp::Put { family: "sessions", key: self.client_id.as_bytes(), value: &rec }];
         ops.extend(owned.iter().map(|(k, v)| MetaOp::Put { family: "cursors", key: k, value: v }));
-        meta.write_batch(&ops, false)?;
+        engine.meta().write_batch(&ops, false)?;
         self.dirty = false;
         Ok(())
     }

@@ -61,6 +61,10 @@ pub struct StreamConfig {
     pub acks: crate::replica::Acks,
 }
 
+/// Prefix of the names of Axle's own partitions (the session journal, `__sessions-0`): no
+/// stream may take it, and their records are not MQTT messages.
+pub const INTERNAL_PREFIX: &str = "__";
+
 /// Name of the stream that takes topics no configured stream takes.
 pub const DEFAULT_STREAM: &str = "default";
 
@@ -83,7 +87,7 @@ impl StreamConfig {
         {
             return Err(format!("stream name {:?} must be 1-100 characters of [A-Za-z0-9_]", self.name));
         }
-        if self.name.starts_with("__") {
+        if self.name.starts_with(INTERNAL_PREFIX) {
             return Err(format!(
                 "stream name {:?}: names starting with `__` are reserved for Axle's own partitions",
                 self.name

@@ -30,7 +30,6 @@ use crate::codec::{
 use crate::hub::{Delivery, Hub, Online, SessionHandle};
 use crate::outbound::Outbound;
 use crate::session::{SessionState, Subscription};
-use axle_engine::journal::JournalError;
 
 /// Time a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -264,30 +263,36 @@ impl Connection {
         }
 
         let engine = hub.engine.clone();
+        // The CONNECT is refused if the session cannot be claimed in the cluster.
+        let give_up = || {
+            let mut online = hub.online.lock();
+            if online.get(&client_id).is_some_and(|o| o.id == 0 && Arc::ptr_eq(&o.kick, &kick)) {
+                online.remove(&client_id);
+            }
+            refuse(v, ReasonCode::ServerUnavailable)
+        };
         let (stored, journal) = match SessionState::open(&engine, &client_id, c.clean_start).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(%client_id, error = %e, "could not claim the session in the cluster");
-                let mut online = hub.online.lock();
-                if online.get(&client_id).is_some_and(|o| o.id == 0 && Arc::ptr_eq(&o.kick, &kick)) {
-                    online.remove(&client_id);
-                }
-                return Err(refuse(v, ReasonCode::ServerUnavailable));
+                return Err(give_up());
             }
         };
-        if let (Some(j), Some(mine)) = (engine.journal(), journal) {
+        if let Some(mine) = journal {
             // Another node's claim applied after ours was checked is announced to connections
-            // that have a version; set ours, then look again, so that one of the two sees it.
-            let mut online = hub.online.lock();
-            if let Some(o) = online.get_mut(&client_id).filter(|o| Arc::ptr_eq(&o.kick, &kick)) {
-                o.journal = journal;
-            }
-            if j.version(&client_id).ok().flatten().is_some_and(|held| mine.superseded_by(&held)) {
-                tracing::info!(%client_id, "session taken by another node while connecting");
-                if online.get(&client_id).is_some_and(|o| o.id == 0 && Arc::ptr_eq(&o.kick, &kick)) {
-                    online.remove(&client_id);
+            // that have a version; set ours, then look again (under the same lock as the
+            // announcement), so that one of the two sees it.
+            let lost = {
+                let mut online = hub.online.lock();
+                if let Some(o) = online.get_mut(&client_id).filter(|o| Arc::ptr_eq(&o.kick, &kick)) {
+                    o.journal = journal;
                 }
-                return Err(refuse(v, ReasonCode::ServerUnavailable));
+                let held = engine.journal().and_then(|j| j.version(&client_id).ok().flatten());
+                held.is_some_and(|h| mine.superseded_by(&h))
+            };
+            if lost {
+                tracing::info!(%client_id, "session taken by another node while connecting");
+                return Err(give_up());
             }
         }
         let now = axle_engine::log::now_ms();
@@ -600,9 +605,9 @@ impl Connection {
     fn save_if_dirty(&mut self) {
         if self.session.dirty && self.session.is_persistent() {
             let engine = self.hub.engine.clone();
-            match self.session.save(engine.meta(), &engine, 0) {
+            match self.session.save(&engine, 0) {
                 Ok(()) => {}
-                Err(crate::session::SessionError::Journal(e @ JournalError::Superseded { .. })) => {
+                Err(e) if e.is_superseded() => {
                     // Another node took the session over; this connection must go.
                     tracing::info!(client_id = %self.client_id, reason = %e, "session taken over");
                     self.online.notify_one();
@@ -695,9 +700,9 @@ impl Connection {
             let retained = std::mem::take(&mut self.session.retained_inflight);
             self.session.outbound.retain(|id, i| i.pid.is_some() || retained.contains_key(id));
             self.session.retained_inflight = retained;
-            match self.session.save(engine.meta(), &engine, axle_engine::log::now_ms()) {
+            match self.session.save(&engine, axle_engine::log::now_ms()) {
                 Ok(()) => {}
-                Err(crate::session::SessionError::Journal(e @ JournalError::Superseded { .. })) => {
+                Err(e) if e.is_superseded() => {
                     tracing::info!(client_id = %self.client_id, reason = %e, "session not saved: another node holds it");
                 }
                 Err(e) => {
@@ -706,7 +711,8 @@ impl Connection {
             }
         } else {
             match self.session.discard(&engine) {
-                Ok(()) | Err(crate::session::SessionError::Journal(JournalError::Superseded { .. })) => {}
+                Ok(()) => {}
+                Err(e) if e.is_superseded() => {}
                 Err(e) => tracing::error!(client_id = %self.client_id, error = %e, "could not remove the session"),
             }
         }

@@ -165,7 +165,7 @@ impl Replicator {
             log.enable_high_watermark(hw);
             by_name.insert(name.clone(), i);
             replicas.push(Arc::new(Replica {
-                raw_records: name.starts_with("__"),
+                raw_records: name.starts_with(crate::stream::INTERNAL_PREFIX),
                 name,
                 acks,
                 role: Mutex::new(Role::Unassigned),
