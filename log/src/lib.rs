@@ -51,7 +51,9 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-pub use batch::{BatchDefect, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN};
+pub use batch::{
+    decode_records, verify as verify_batch, BatchDefect, BatchHeader, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN,
+};
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
@@ -353,6 +355,13 @@ impl Partition {
     /// records, and stops once keys and values reach `max_bytes` (at least one is returned).
     pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         self.shared.read(offset, max_records, max_bytes)
+    }
+
+    /// Whole record batches as stored (format: `docs/log-format.md`), from the one holding
+    /// `offset`, all below the high watermark; at least one when one is readable, then more
+    /// while their total stays within `max_bytes` (bytes of batch data).
+    pub fn read_committed_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<bytes::Bytes>> {
+        self.shared.read_committed_batches(offset, max_bytes)
     }
 
     /// Records whose key is `key` from `offset` on, reading only the batches the key index

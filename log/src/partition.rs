@@ -453,6 +453,35 @@ impl PartitionShared {
         Ok(out)
     }
 
+    /// Whole batches as stored, for consumers: like [`Self::read_batches`] but gated by the
+    /// high watermark, so only batches that end at or below it are returned (the high
+    /// watermark always falls on a batch boundary: it is some replica's log end). The first
+    /// batch is the one holding `offset` and may start before it. `offset >= end` returns
+    /// nothing when within `log_end`; outside `log_start..=log_end` is `OffsetOutOfRange`.
+    pub fn read_committed_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let b = self.bounds();
+        if offset < b.log_start {
+            return Err(self.out_of_range(offset, b));
+        }
+        if offset >= b.end {
+            return self.past_visible_end(offset, b).map(|()| Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        self.walk_batches(offset, b.end, |header, data| {
+            if header.next_offset() <= offset {
+                return Ok(true);
+            }
+            if header.next_offset() > b.end || (!out.is_empty() && total.saturating_add(data.len()) > max_bytes) {
+                return Ok(false);
+            }
+            total += data.len();
+            out.push(data);
+            Ok(total < max_bytes)
+        })?;
+        Ok(out)
+    }
+
     /// Total bytes of readable data.
     pub fn size_bytes(&self) -> u64 {
         self.segments.read().iter().map(|s| s.committed_len()).sum()

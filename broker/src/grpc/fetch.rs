@@ -5,14 +5,15 @@
 //! bounds. At the tail the task waits for the next append up to `max_wait_ms`, then sends an
 //! empty response with the current bounds, so a client can tell "caught up" from "stuck". A
 //! bounded channel of two responses gives backpressure: a slow client slows its own reads and
-//! nobody else's.
+//! nobody else's. `FetchBatches` runs the same loop over whole stored batches.
 
 use std::pin::Pin;
 use std::time::Duration;
 
-use axle_engine::log::{LogError, Partition, StoredRecord};
+use axle_engine::log::{BatchHeader, Bounds, LogError, Partition, StoredRecord};
 use axle_engine::Message;
-use axle_proto::v1::{FetchRequest, FetchResponse, Record, UserProperty};
+use axle_proto::v1::{FetchBatchesResponse, FetchRequest, FetchResponse, Record, UserProperty};
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -27,6 +28,7 @@ const DEFAULT_WAIT_MS: u32 = 500;
 const MAX_WAIT_MS: u32 = 30_000;
 
 pub type FetchStream = Pin<Box<dyn Stream<Item = Result<FetchResponse, Status>> + Send>>;
+pub type FetchBatchesStream = Pin<Box<dyn Stream<Item = Result<FetchBatchesResponse, Status>> + Send>>;
 
 fn out_of_range(partition: &str, requested: u64, log_start: u64, end: u64) -> Status {
     Status::out_of_range(format!(
@@ -35,22 +37,47 @@ fn out_of_range(partition: &str, requested: u64, log_start: u64, end: u64) -> St
     ))
 }
 
-/// Validates the request and starts the reading task.
-pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status> {
+/// The request's limits, defaults applied and caps enforced.
+struct Limits {
+    max_records: usize,
+    max_bytes: usize,
+    max_wait: Duration,
+}
+
+/// Validates the request's offset against the partition's bounds and applies the limits.
+fn limits(part: &Partition, req: &FetchRequest) -> Result<Limits, Status> {
     let pick = |v: u32, default: u32, max: u32| if v == 0 { default } else { v.min(max) };
-    let max_records = pick(req.max_records, DEFAULT_RECORDS, MAX_RECORDS) as usize;
-    let max_bytes = pick(req.max_bytes, DEFAULT_BYTES, MAX_FETCH_BYTES) as usize;
-    let max_wait = Duration::from_millis(u64::from(pick(req.max_wait_ms, DEFAULT_WAIT_MS, MAX_WAIT_MS)));
     let b = part.bounds();
     if req.offset < b.log_start || req.offset > b.end {
         return Err(out_of_range(part.name(), req.offset, b.log_start, b.end));
     }
+    Ok(Limits {
+        max_records: pick(req.max_records, DEFAULT_RECORDS, MAX_RECORDS) as usize,
+        max_bytes: pick(req.max_bytes, DEFAULT_BYTES, MAX_FETCH_BYTES) as usize,
+        max_wait: Duration::from_millis(u64::from(pick(req.max_wait_ms, DEFAULT_WAIT_MS, MAX_WAIT_MS))),
+    })
+}
+
+/// One read of a fetch loop: `None` when nothing is readable at the offset yet, otherwise
+/// the offset to read next and the response (built with the bounds it is given).
+type ReadStep<T> =
+    Box<dyn FnMut(&Partition, u64) -> Result<Option<(u64, Box<dyn FnOnce(Bounds) -> T + Send>)>, LogError> + Send>;
+
+/// Starts the task that reads from `offset` with `read` and follows the tail, sending
+/// `empty(bounds, offset)` after `max_wait` with nothing new. A bounded channel of two
+/// responses gives backpressure.
+fn spawn_loop<T: Send + 'static>(
+    part: Partition,
+    mut offset: u64,
+    max_wait: Duration,
+    mut read: ReadStep<T>,
+    empty: fn(Bounds, u64) -> T,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let mut offset = req.offset;
     tokio::spawn(async move {
         loop {
-            let records = match part.read(offset, max_records, max_bytes) {
-                Ok(r) => r,
+            let step = match read(&part, offset) {
+                Ok(s) => s,
                 Err(LogError::OffsetOutOfRange { requested, log_start, end, .. }) => {
                     // Retention deleted the segment under the reader.
                     let _ = tx.send(Err(out_of_range(part.name(), requested, log_start, end))).await;
@@ -61,7 +88,7 @@ pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status>
                     return;
                 }
             };
-            if records.is_empty() {
+            let Some((next, build)) = step else {
                 match tokio::time::timeout(max_wait, part.wait_past(offset)).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => {
@@ -69,34 +96,85 @@ pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status>
                         return;
                     }
                     Err(_) => {
-                        let b = part.bounds();
-                        let empty = FetchResponse {
-                            records: Vec::new(),
-                            high_watermark: b.end,
-                            log_start_offset: b.log_start,
-                            next_offset: offset,
-                        };
-                        if tx.send(Ok(empty)).await.is_err() {
+                        if tx.send(Ok(empty(part.bounds(), offset))).await.is_err() {
                             return;
                         }
                         continue;
                     }
                 }
-            }
-            offset = records.last().map_or(offset, |r| r.offset + 1);
-            let b = part.bounds();
-            let response = FetchResponse {
-                records: records.iter().map(to_proto).collect(),
-                high_watermark: b.end,
-                log_start_offset: b.log_start,
-                next_offset: offset,
             };
-            if tx.send(Ok(response)).await.is_err() {
+            offset = next;
+            if tx.send(Ok(build(part.bounds()))).await.is_err() {
                 return; // the client went away
             }
         }
     });
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Validates the request and starts the reading task.
+pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status> {
+    let l = limits(&part, req)?;
+    let (max_records, max_bytes) = (l.max_records, l.max_bytes);
+    let read: ReadStep<FetchResponse> = Box::new(move |part, offset| {
+        let records = part.read(offset, max_records, max_bytes)?;
+        let Some(last) = records.last() else { return Ok(None) };
+        let next = last.offset + 1;
+        let build = move |b: Bounds| FetchResponse {
+            records: records.iter().map(to_proto).collect(),
+            high_watermark: b.end,
+            log_start_offset: b.log_start,
+            next_offset: next,
+        };
+        Ok(Some((next, Box::new(build) as Box<dyn FnOnce(Bounds) -> FetchResponse + Send>)))
+    });
+    let empty = |b: Bounds, offset| FetchResponse {
+        records: Vec::new(),
+        high_watermark: b.end,
+        log_start_offset: b.log_start,
+        next_offset: offset,
+    };
+    Ok(spawn_loop(part, req.offset, l.max_wait, read, empty))
+}
+
+/// `FetchBatches`: whole batches as stored, concatenated into one `bytes` field. The copy
+/// into one buffer is the only per-byte work on the server (prost would copy each batch
+/// into its encode buffer anyway); nothing is decoded.
+pub fn start_batches(part: Partition, req: &FetchRequest) -> Result<FetchBatchesStream, Status> {
+    let l = limits(&part, req)?;
+    let max_bytes = l.max_bytes;
+    let read: ReadStep<FetchBatchesResponse> = Box::new(move |part, offset| {
+        let batches = part.read_committed_batches(offset, max_bytes)?;
+        let Some(last) = batches.last() else { return Ok(None) };
+        let header = BatchHeader::parse(last, last.len()).map_err(|d| LogError::CorruptBatch {
+            path: part.name().into(),
+            position: 0,
+            reason: d.to_string(),
+        })?;
+        let next = header.next_offset();
+        let build = move |b: Bounds| {
+            let mut buf = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
+            for batch in &batches {
+                buf.extend_from_slice(batch);
+            }
+            FetchBatchesResponse {
+                batches: buf.freeze(),
+                batch_count: batches.len() as u32,
+                high_watermark: b.end,
+                log_start_offset: b.log_start,
+                next_offset: next,
+            }
+        };
+        Ok(Some((next, Box::new(build) as Box<dyn FnOnce(Bounds) -> FetchBatchesResponse + Send>)))
+    });
+    let empty = |b: Bounds, offset| FetchBatchesResponse {
+        batches: Bytes::new(),
+        batch_count: 0,
+        high_watermark: b.end,
+        log_start_offset: b.log_start,
+        next_offset: offset,
+    };
+    Ok(spawn_loop(part, req.offset, l.max_wait, read, empty))
 }
 
 /// One log record as the API shows it.

@@ -148,6 +148,16 @@ impl Consumer for ConsumerService {
         Ok(Response::new(fetch::start(part, &req)?))
     }
 
+    type FetchBatchesStream = fetch::FetchBatchesStream;
+
+    async fn fetch_batches(&self, req: Request<FetchRequest>) -> Result<Response<Self::FetchBatchesStream>, Status> {
+        let req = req.into_inner();
+        require("stream", &req.stream)?;
+        let id = self.partition_id(&req.stream, req.partition)?;
+        let part = self.engine().partitions()[id].log.clone();
+        Ok(Response::new(fetch::start_batches(part, &req)?))
+    }
+
     async fn list_offsets(&self, req: Request<ListOffsetsRequest>) -> Result<Response<ListOffsetsResponse>, Status> {
         let req = req.into_inner();
         require("stream", &req.stream)?;
