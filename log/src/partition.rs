@@ -434,16 +434,22 @@ impl PartitionShared {
         if offset < b.log_start || offset > end {
             return Err(self.out_of_range(offset, b));
         }
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        self.batches_until(offset, end, max_bytes)
+    }
+
+    /// Whole batches from the one holding `offset`, each ending at or below `end`: at least
+    /// one if any, then more while their total stays within `max_bytes`.
+    fn batches_until(&self, offset: u64, end: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
         let mut out = Vec::new();
         let mut total = 0usize;
-        if offset == end {
-            return Ok(out);
-        }
         self.walk_batches(offset, end, |header, data| {
             if header.next_offset() <= offset {
                 return Ok(true);
             }
-            if !out.is_empty() && total.saturating_add(data.len()) > max_bytes {
+            if header.next_offset() > end || (!out.is_empty() && total.saturating_add(data.len()) > max_bytes) {
                 return Ok(false);
             }
             total += data.len();
@@ -466,20 +472,7 @@ impl PartitionShared {
         if offset >= b.end {
             return self.past_visible_end(offset, b).map(|()| Vec::new());
         }
-        let mut out = Vec::new();
-        let mut total = 0usize;
-        self.walk_batches(offset, b.end, |header, data| {
-            if header.next_offset() <= offset {
-                return Ok(true);
-            }
-            if header.next_offset() > b.end || (!out.is_empty() && total.saturating_add(data.len()) > max_bytes) {
-                return Ok(false);
-            }
-            total += data.len();
-            out.push(data);
-            Ok(total < max_bytes)
-        })?;
-        Ok(out)
+        self.batches_until(offset, b.end, max_bytes)
     }
 
     /// Total bytes of readable data.

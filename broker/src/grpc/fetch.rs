@@ -60,8 +60,7 @@ fn limits(part: &Partition, req: &FetchRequest) -> Result<Limits, Status> {
 
 /// One read of a fetch loop: `None` when nothing is readable at the offset yet, otherwise
 /// the offset to read next and the response (built with the bounds it is given).
-type ReadStep<T> =
-    Box<dyn FnMut(&Partition, u64) -> Result<Option<(u64, Box<dyn FnOnce(Bounds) -> T + Send>)>, LogError> + Send>;
+type ReadStep<T> = Box<dyn FnMut(&Partition, u64) -> Result<Option<(u64, T)>, LogError> + Send>;
 
 /// Starts the task that reads from `offset` with `read` and follows the tail, sending
 /// `empty(bounds, offset)` after `max_wait` with nothing new. A bounded channel of two
@@ -88,7 +87,7 @@ fn spawn_loop<T: Send + 'static>(
                     return;
                 }
             };
-            let Some((next, build)) = step else {
+            let Some((next, response)) = step else {
                 match tokio::time::timeout(max_wait, part.wait_past(offset)).await {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) => {
@@ -104,7 +103,7 @@ fn spawn_loop<T: Send + 'static>(
                 }
             };
             offset = next;
-            if tx.send(Ok(build(part.bounds()))).await.is_err() {
+            if tx.send(Ok(response)).await.is_err() {
                 return; // the client went away
             }
         }
@@ -120,13 +119,14 @@ pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status>
         let records = part.read(offset, max_records, max_bytes)?;
         let Some(last) = records.last() else { return Ok(None) };
         let next = last.offset + 1;
-        let build = move |b: Bounds| FetchResponse {
+        let b = part.bounds();
+        let response = FetchResponse {
             records: records.iter().map(to_proto).collect(),
             high_watermark: b.end,
             log_start_offset: b.log_start,
             next_offset: next,
         };
-        Ok(Some((next, Box::new(build) as Box<dyn FnOnce(Bounds) -> FetchResponse + Send>)))
+        Ok(Some((next, response)))
     });
     let empty = |b: Bounds, offset| FetchResponse {
         records: Vec::new(),
@@ -152,20 +152,19 @@ pub fn start_batches(part: Partition, req: &FetchRequest) -> Result<FetchBatches
             reason: d.to_string(),
         })?;
         let next = header.next_offset();
-        let build = move |b: Bounds| {
-            let mut buf = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
-            for batch in &batches {
-                buf.extend_from_slice(batch);
-            }
-            FetchBatchesResponse {
-                batches: buf.freeze(),
-                batch_count: batches.len() as u32,
-                high_watermark: b.end,
-                log_start_offset: b.log_start,
-                next_offset: next,
-            }
+        let mut buf = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
+        for batch in &batches {
+            buf.extend_from_slice(batch);
+        }
+        let b = part.bounds();
+        let response = FetchBatchesResponse {
+            batches: buf.freeze(),
+            batch_count: batches.len() as u32,
+            high_watermark: b.end,
+            log_start_offset: b.log_start,
+            next_offset: next,
         };
-        Ok(Some((next, Box::new(build) as Box<dyn FnOnce(Bounds) -> FetchBatchesResponse + Send>)))
+        Ok(Some((next, response)))
     });
     let empty = |b: Bounds, offset| FetchBatchesResponse {
         batches: Bytes::new(),
