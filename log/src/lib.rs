@@ -61,6 +61,7 @@ pub use partition::{Bounds, KeyedRead};
 pub use reader::TailReader;
 pub use record::{now_ms, Header, Record, StoredRecord};
 pub use recovery::RecoveryReport;
+pub use segment::Span;
 pub use writer::{Appended, WriterStats};
 
 use partition::PartitionShared;
@@ -357,11 +358,12 @@ impl Partition {
         self.shared.read(offset, max_records, max_bytes)
     }
 
-    /// Whole record batches as stored (format: `docs/log-format.md`), from the one holding
-    /// `offset`, all below the high watermark; at least one when one is readable, then more
-    /// while their total stays within `max_bytes` (bytes of batch data).
-    pub fn read_committed_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<bytes::Bytes>> {
-        self.shared.read_committed_batches(offset, max_bytes)
+    /// Whole record batches as stored (format: `docs/log-format.md`), in one buffer read with
+    /// one `pread`: from the batch holding `offset`, all below the high watermark and within
+    /// one segment; the first always, then more while they fit in `max_bytes` (bytes of batch
+    /// data). `None` at the visible end. Every batch's CRC has been verified.
+    pub fn read_committed_span(&self, offset: u64, max_bytes: usize) -> Result<Option<Span>> {
+        self.shared.read_committed_span(offset, max_bytes)
     }
 
     /// Records whose key is `key` from `offset` on, reading only the batches the key index

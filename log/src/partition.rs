@@ -28,7 +28,7 @@ use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
 use crate::record::StoredRecord;
-use crate::segment::Segment;
+use crate::segment::{BatchPosition, Segment, Span};
 
 /// What [`PartitionShared::read_key`] found.
 #[derive(Debug, Clone, Default)]
@@ -459,20 +459,34 @@ impl PartitionShared {
         Ok(out)
     }
 
-    /// Whole batches as stored, for consumers: like [`Self::read_batches`] but gated by the
-    /// high watermark, so only batches that end at or below it are returned (the high
-    /// watermark always falls on a batch boundary: it is some replica's log end). The first
-    /// batch is the one holding `offset` and may start before it. `offset >= end` returns
-    /// nothing when within `log_end`; outside `log_start..=log_end` is `OffsetOutOfRange`.
-    pub fn read_committed_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+    /// Whole batches as stored, for consumers, in one buffer read with one `pread` (see
+    /// [`Segment::read_span`]): from the batch holding `offset` (it may start before it), then
+    /// following batches of the same segment while they fit in `max_bytes`, all ending at or
+    /// below the high watermark (which always falls on a batch boundary: it is some replica's
+    /// log end). A span never crosses a segment. `None` when `offset >= end` within
+    /// `log_end`; outside `log_start..=log_end` is `OffsetOutOfRange`.
+    pub fn read_committed_span(&self, offset: u64, max_bytes: usize) -> Result<Option<Span>> {
         let b = self.bounds();
         if offset < b.log_start {
             return Err(self.out_of_range(offset, b));
         }
         if offset >= b.end {
-            return self.past_visible_end(offset, b).map(|()| Vec::new());
+            return self.past_visible_end(offset, b).map(|()| None);
         }
-        self.batches_until(offset, b.end, max_bytes)
+        let segments = self.segments.read().clone();
+        let first = segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+        let max_batch = self.config.max_batch_bytes;
+        for seg in &segments[first..] {
+            if seg.base_offset >= b.end {
+                break;
+            }
+            let pos = match seg.find_batch(offset, max_batch)? {
+                BatchPosition::Start { pos, .. } | BatchPosition::Inside { pos, .. } => pos,
+                BatchPosition::End { .. } => continue,
+            };
+            return seg.read_span(pos, max_bytes, max_batch, |h| h.next_offset() <= b.end);
+        }
+        Ok(None)
     }
 
     /// Total bytes of readable data.

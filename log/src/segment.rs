@@ -8,12 +8,12 @@
 //!   A closed segment is truncated to its data length.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::batch::{self, BatchDefect, BatchHeader, HEADER_LEN, MAGIC, MAGIC_POS};
@@ -50,6 +50,17 @@ pub enum BatchPosition {
     Inside { pos: u64, header: BatchHeader },
     /// The offset is at or past the end of the committed data, which ends at byte `pos`.
     End { pos: u64 },
+}
+
+/// Consecutive whole batches as stored, in one buffer.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// The batches, byte for byte as in the segment file.
+    pub bytes: Bytes,
+    /// Number of batches in `bytes` (at least 1).
+    pub batches: u32,
+    /// The offset after the last record of the last batch.
+    pub next_offset: u64,
 }
 
 /// A segment shared by the writer (appends at its tail) and by readers.
@@ -221,6 +232,55 @@ impl Segment {
         Ok(())
     }
 
+    /// Whole committed batches from byte `from` (a batch start), read with one `pread` into
+    /// one buffer so that a bulk consumer's response needs no further copy: the first batch
+    /// always (read on its own if it is larger than `max_bytes`), then the following ones
+    /// while they lie wholly within the `max_bytes` read and `take` accepts their header.
+    /// Every returned batch's CRC is verified: a damaged batch ends the span before it, and
+    /// is the error when it comes first. `None` when `from` is at the committed end or `take`
+    /// refuses the first batch.
+    pub fn read_span(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        max_batch: usize,
+        mut take: impl FnMut(&BatchHeader) -> bool,
+    ) -> Result<Option<Span>> {
+        let limit = self.committed_len();
+        if from >= limit {
+            return Ok(None);
+        }
+        let mut buf = self.read_committed(from, max_bytes.max(HEADER_LEN))?;
+        let first = BatchHeader::parse(&buf, max_batch).map_err(|d| self.corrupt(from, d))?;
+        if !take(&first) {
+            return Ok(None);
+        }
+        if first.length as usize > buf.len() {
+            buf = self.read_committed(from, first.length as usize)?;
+        }
+        let (mut at, mut batches, mut last) = (0usize, 0u32, first);
+        while at + HEADER_LEN <= buf.len() {
+            let header = BatchHeader::parse(&buf[at..], max_batch).map_err(|d| self.corrupt(from + at as u64, d))?;
+            let end = at + header.length as usize;
+            if end > buf.len() || (batches > 0 && !take(&header)) {
+                break;
+            }
+            if let Err(d) = batch::verify(&buf[at..end], max_batch) {
+                if batches == 0 {
+                    return Err(self.corrupt(from + at as u64, d));
+                }
+                break; // serve the good batches; the next read starts at the damage and fails
+            }
+            (at, batches, last) = (end, batches + 1, header);
+        }
+        if batches == 0 {
+            // Only possible if the committed data ends inside the first batch.
+            let defect = BatchDefect::Truncated { have: buf.len(), need: first.length as usize };
+            return Err(self.corrupt(from, defect));
+        }
+        Ok(Some(Span { bytes: buf.slice(..at), batches, next_offset: last.next_offset() }))
+    }
+
     /// Finds the committed batch holding `offset` (which should be at or after the segment's
     /// base), starting from the offset index and walking headers.
     pub fn find_batch(&self, offset: u64, max_batch: usize) -> Result<BatchPosition> {
@@ -273,20 +333,31 @@ impl Segment {
     }
 }
 
-/// Reads exactly `len` bytes (fewer only at end of file).
+/// Reads exactly `len` bytes (fewer only at end of file) into a new buffer, which is not
+/// zeroed first: bulk reads of several MiB would otherwise pay a `memset` pass as large as
+/// the read.
 pub fn read_exact_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], pos + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(LogError::io(path, e)),
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let at = pos + done as u64;
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        // SAFETY: pread writes at most `spare.len()` bytes into memory owned by `buf`.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(LogError::io(path, e));
         }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel initialised the `n` bytes after the current length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
     }
-    buf.truncate(done);
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 /// Fsyncs a directory so that file creations, renames and deletions in it are durable.

@@ -5,13 +5,19 @@
 //! make them, `fsync = never`), starts the release `axle` binary on it, warms the page cache
 //! by reading the files once, then:
 //! - ceiling: reads the partition's segment files sequentially in 1 MiB chunks (MB/s);
+//! - loopback floor: the same reads written to a loopback TCP socket and drained by another
+//!   thread, which is what any network protocol between two processes here costs at least;
 //! - Axle: one `Fetch` stream from offset 0 to the end with 1000-record responses, decoding
 //!   every record in the client (records/s, MB/s of the same file bytes);
 //! - Axle: one `FetchBatches` stream (stored batches, 8 MiB responses), the client verifying
 //!   every batch's CRC and decoding every record.
 //!
+//! The client asks for 1 MiB HTTP/2 frames and 32 MiB windows (`--frame-bytes`,
+//! `--window-bytes`), as a bulk consumer should; hyper's defaults (16 KiB frames) cost
+//! about a third of the throughput.
+//!
 //! Run: `cargo build --release -p axle-broker -p axle-benches && target/release/drain`
-//! (`--records 10000000 --size 100`, then `--size 1024`).
+//! (`--records 10000000 --size 100`, then `--size 1024`; `--rpc batches` times one RPC).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -40,6 +46,15 @@ struct Args {
     /// Most batch bytes per FetchBatches response.
     #[arg(long, default_value_t = 8 << 20)]
     batch_bytes: u32,
+    /// Which RPCs to time: `fetch`, `batches` or `both`.
+    #[arg(long, default_value = "both", value_parser = ["fetch", "batches", "both"])]
+    rpc: String,
+    /// The client's HTTP/2 SETTINGS_MAX_FRAME_SIZE, bytes (16 KiB to 16 MiB - 1).
+    #[arg(long, default_value_t = 1 << 20)]
+    frame_bytes: u32,
+    /// The client's HTTP/2 stream and connection windows, bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    window_bytes: u32,
     /// Timed passes of each reader; the median is printed.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -125,6 +140,43 @@ fn read_files(files: &[PathBuf]) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// The same files read with 1 MiB `read` calls and written to a loopback TCP socket, which
+/// another thread drains with 1 MiB reads: the floor under any network protocol on this
+/// machine (two user/kernel copies on each side, both cores busy). Returns bytes received.
+fn read_files_over_loopback(files: &[PathBuf]) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let files = files.to_vec();
+    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+        let (mut sock, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        for f in &files {
+            let mut file = std::fs::File::open(f)?;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                sock.write_all(&buf[..n])?;
+            }
+        }
+        Ok(())
+    });
+    let mut sock = std::net::TcpStream::connect(addr)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = sock.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    sender.join().map_err(|_| anyhow::anyhow!("loopback sender panicked"))??;
+    Ok(total)
+}
+
 struct Axle(Child);
 
 impl Drop for Axle {
@@ -162,10 +214,28 @@ fn start_axle(bin: &Path, data: &Path, config: &Path) -> anyhow::Result<(Axle, u
     bail!("axle did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
 }
 
+/// The consumer's HTTP/2 settings (bytes). A bulk consumer must raise them: with hyper's
+/// defaults (16 KiB frames, 2 MiB stream window) the server writes an 8 MiB response as 512
+/// frames and stalls on window updates.
+struct H2 {
+    frame: u32,
+    window: u32,
+}
+
+async fn connect(port: u16, h2: &H2) -> anyhow::Result<ConsumerClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .max_frame_size(h2.frame)
+        .initial_stream_window_size(h2.window)
+        .initial_connection_window_size(h2.window)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(ConsumerClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
 /// One Fetch pass over the whole partition; returns (records, payload bytes).
-async fn fetch_all(port: u16, records: u64, max_records: u32) -> anyhow::Result<(u64, u64)> {
-    let mut client =
-        ConsumerClient::connect(format!("http://127.0.0.1:{port}")).await?.max_decoding_message_size(64 << 20);
+async fn fetch_all(port: u16, h2: &H2, records: u64, max_records: u32) -> anyhow::Result<(u64, u64)> {
+    let mut client = connect(port, h2).await?;
     let mut stream = client
         .fetch(FetchRequest {
             stream: STREAM.into(),
@@ -194,9 +264,8 @@ async fn fetch_all(port: u16, records: u64, max_records: u32) -> anyhow::Result<
 
 /// One FetchBatches pass over the whole partition, verifying every batch's CRC and decoding
 /// every record in the client (zero-copy `Bytes` slices); returns (records, payload bytes).
-async fn fetch_batches_all(port: u16, records: u64, max_bytes: u32) -> anyhow::Result<(u64, u64)> {
-    let mut client =
-        ConsumerClient::connect(format!("http://127.0.0.1:{port}")).await?.max_decoding_message_size(64 << 20);
+async fn fetch_batches_all(port: u16, h2: &H2, records: u64, max_bytes: u32) -> anyhow::Result<(u64, u64)> {
+    let mut client = connect(port, h2).await?;
     let mut stream = client
         .fetch_batches(FetchRequest {
             stream: STREAM.into(),
@@ -260,36 +329,56 @@ fn main() -> anyhow::Result<()> {
         read_files(&files)?;
         ceiling.push(file_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
     }
-    let (_axle, port) = start_axle(&bin, &data, &config)?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let mut rates = Vec::new();
+    let mut loopback = Vec::new();
     for _ in 0..args.runs {
         let t = Instant::now();
-        let (n, _payload) = rt.block_on(fetch_all(port, args.records, args.max_records))?;
+        let n = read_files_over_loopback(&files)?;
+        if n != file_bytes {
+            bail!("loopback received {n} bytes of {file_bytes}");
+        }
+        loopback.push(file_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+    }
+    let (_axle, port) = start_axle(&bin, &data, &config)?;
+    let h2 = H2 { frame: args.frame_bytes, window: args.window_bytes };
+    let rt = tokio::runtime::Runtime::new()?;
+    let (fetch_runs, batch_runs) = match args.rpc.as_str() {
+        "fetch" => (args.runs, 0),
+        "batches" => (0, args.runs),
+        _ => (args.runs, args.runs),
+    };
+    let mut rates = Vec::new();
+    for _ in 0..fetch_runs {
+        let t = Instant::now();
+        let (n, _payload) = rt.block_on(fetch_all(port, &h2, args.records, args.max_records))?;
         let secs = t.elapsed().as_secs_f64();
         rates.push((n as f64 / secs, file_bytes as f64 / secs / 1e6));
     }
     let mut batch_rates = Vec::new();
-    for _ in 0..args.runs {
+    for _ in 0..batch_runs {
         let t = Instant::now();
-        let (n, _payload) = rt.block_on(fetch_batches_all(port, args.records, args.batch_bytes))?;
+        let (n, _payload) = rt.block_on(fetch_batches_all(port, &h2, args.records, args.batch_bytes))?;
         let secs = t.elapsed().as_secs_f64();
         batch_rates.push((n as f64 / secs, file_bytes as f64 / secs / 1e6));
     }
     let ceil = axle_benches::median(&ceiling);
-    println!("\n| RPC | records | payload | records/s | MB/s (file bytes) | sequential read MB/s | fraction |");
+    let tcp = axle_benches::median(&loopback);
+    println!("\nsequential read: {ceil:.1} MB/s; the same read sent over loopback TCP: {tcp:.1} MB/s");
+    println!("\n| RPC | records | payload | records/s | MB/s (file bytes) | fraction of sequential read | fraction of loopback TCP |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, r) in [("Fetch", &rates), ("FetchBatches", &batch_rates)] {
+        if r.is_empty() {
+            continue;
+        }
         let rec = axle_benches::median(&r.iter().map(|r| r.0).collect::<Vec<_>>());
         let mb = axle_benches::median(&r.iter().map(|r| r.1).collect::<Vec<_>>());
         println!(
-            "| {name} | {} | {} B | {:.0} | {:.1} | {:.1} | {:.2} |",
+            "| {name} | {} | {} B | {:.0} | {:.1} | {:.2} | {:.2} |",
             args.records,
             args.size,
             rec,
             mb,
-            ceil,
-            mb / ceil
+            mb / ceil,
+            mb / tcp
         );
     }
     println!("\nmedian of {} runs; client and server on the same 2-core machine; page cache warm.", args.runs);

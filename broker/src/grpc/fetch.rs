@@ -10,10 +10,10 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use axle_engine::log::{BatchHeader, Bounds, LogError, Partition, StoredRecord};
+use axle_engine::log::{Bounds, LogError, Partition, StoredRecord};
 use axle_engine::Message;
 use axle_proto::v1::{FetchBatchesResponse, FetchRequest, FetchResponse, Record, UserProperty};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -137,34 +137,23 @@ pub fn start(part: Partition, req: &FetchRequest) -> Result<FetchStream, Status>
     Ok(spawn_loop(part, req.offset, l.max_wait, read, empty))
 }
 
-/// `FetchBatches`: whole batches as stored, concatenated into one `bytes` field. The copy
-/// into one buffer is the only per-byte work on the server (prost would copy each batch
-/// into its encode buffer anyway); nothing is decoded.
+/// `FetchBatches`: whole batches as stored, read from the segment file with one `pread`
+/// straight into the buffer that prost then copies into the response frame; nothing is
+/// decoded.
 pub fn start_batches(part: Partition, req: &FetchRequest) -> Result<FetchBatchesStream, Status> {
     let l = limits(&part, req)?;
     let max_bytes = l.max_bytes;
     let read: ReadStep<FetchBatchesResponse> = Box::new(move |part, offset| {
-        let batches = part.read_committed_batches(offset, max_bytes)?;
-        let Some(last) = batches.last() else { return Ok(None) };
-        let header = BatchHeader::parse(last, last.len()).map_err(|d| LogError::CorruptBatch {
-            path: part.name().into(),
-            position: 0,
-            reason: d.to_string(),
-        })?;
-        let next = header.next_offset();
-        let mut buf = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
-        for batch in &batches {
-            buf.extend_from_slice(batch);
-        }
+        let Some(span) = part.read_committed_span(offset, max_bytes)? else { return Ok(None) };
         let b = part.bounds();
         let response = FetchBatchesResponse {
-            batches: buf.freeze(),
-            batch_count: batches.len() as u32,
+            batches: span.bytes,
+            batch_count: span.batches,
             high_watermark: b.end,
             log_start_offset: b.log_start,
-            next_offset: next,
+            next_offset: span.next_offset,
         };
-        Ok(Some((next, response)))
+        Ok(Some((span.next_offset, response)))
     });
     let empty = |b: Bounds, offset| FetchBatchesResponse {
         batches: Bytes::new(),
