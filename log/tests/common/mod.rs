@@ -230,3 +230,23 @@ pub fn model_epoch_end(batches: &[(u64, u64, u32)], log_end: u64, epoch: u32) ->
     let end = batches[first + 1..].iter().find(|b| b.2 > e).map_or(log_end, |b| b.0);
     Some((e, end))
 }
+
+/// Segments big enough that nothing rolls in these tests, small enough that copying a
+/// preallocated segment is cheap.
+pub fn one_segment(backend: IoBackendKind) -> LogConfig {
+    small_segments(backend, 1 << 20)
+}
+
+pub fn repairing(cfg: LogConfig) -> LogConfig {
+    LogConfig { repair: true, ..cfg }
+}
+
+/// Builds a log in `dir` holding `rec(0)..rec(n)` as single-record batches and copies it,
+/// in partition `p`, while still open, to `crash`: the on-disk state after a process crash.
+pub async fn crashed_copy(dir: &Path, crash: &Path, cfg: LogConfig, n: u64) {
+    let log = open(dir, cfg);
+    let p = log.partition("p").unwrap();
+    append_recs(&p, 0, n).await;
+    copy_log_dir(dir, crash);
+    log.close().unwrap();
+}
