@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -239,10 +240,18 @@ impl Connection {
                     self.guard.throttled_until = None;
                     last_recv = Instant::now();
                 }
-                Some((packet_id, qos, result)) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(end) = self.inbound_done(packet_id, qos, result, &mut out) {
-                        let _ = io.write_all(&out).await;
-                        return end;
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    // Appends made durable by one sync complete together: acknowledge every
+                    // ready one in this write, not one write (and one wake-up) each. Polling
+                    // with a no-op waker is safe: the loop polls `pending` again with the
+                    // task's own waker before it sleeps.
+                    let mut next = Some(done);
+                    while let Some((packet_id, qos, result)) = next {
+                        if let Err(end) = self.inbound_done(packet_id, qos, result, &mut out) {
+                            let _ = io.write_all(&out).await;
+                            return end;
+                        }
+                        next = if out.len() < 64 * 1024 { self.pending.next().now_or_never().flatten() } else { None };
                     }
                 }
                 Some(d) = self.rx.recv() => {
