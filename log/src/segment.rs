@@ -21,8 +21,12 @@ use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::keys::{self, KeyEntry, SegmentKeys};
 
-/// Bytes read at a time when walking batches.
+/// Bytes read at a time when walking batches: the first read of a walk takes
+/// `FIRST_READ_CHUNK`, each further one twice the last, up to `READ_CHUNK`. Small reads (a
+/// shared group's pull of a few records, a catch-up step) then copy kilobytes, not 256 KiB,
+/// while a long scan still reads in large chunks after a few steps.
 const READ_CHUNK: usize = 256 * 1024;
+const FIRST_READ_CHUNK: usize = 16 * 1024;
 
 /// File name of the segment whose first offset is `base`.
 pub fn file_name(base: u64) -> String {
@@ -179,10 +183,12 @@ impl Segment {
         let mut pos = from;
         let mut chunk = Bytes::new();
         let mut chunk_start = pos;
+        let mut chunk_len = FIRST_READ_CHUNK;
         while pos < limit {
             let mut at = (pos - chunk_start) as usize;
             if at + HEADER_LEN > chunk.len() {
-                chunk = self.read_committed(pos, READ_CHUNK)?;
+                chunk = self.read_committed(pos, chunk_len)?;
+                chunk_len = (chunk_len * 2).min(READ_CHUNK);
                 chunk_start = pos;
                 at = 0;
             }
