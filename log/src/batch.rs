@@ -62,6 +62,11 @@ pub enum BatchDefect {
     },
     /// The records inside a CRC-valid batch do not parse (a bug or deliberate tampering).
     BadRecords(&'static str),
+    /// The base offset (outside the CRC) does not continue the previous batch.
+    OffsetGap {
+        expected: u64,
+        found: u64,
+    },
 }
 
 impl std::fmt::Display for BatchDefect {
@@ -78,6 +83,9 @@ impl std::fmt::Display for BatchDefect {
                 write!(f, "CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")
             }
             BatchDefect::BadRecords(why) => write!(f, "malformed records: {why}"),
+            BatchDefect::OffsetGap { expected, found } => {
+                write!(f, "base offset {found} where {expected} was expected (offsets are contiguous)")
+            }
         }
     }
 }
@@ -95,9 +103,10 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
-    /// Offset one past the last record of the batch.
+    /// Offset one past the last record of the batch (saturating: a damaged base offset, which
+    /// the CRC does not cover, must not overflow).
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count)
+        self.base_offset.saturating_add(u64::from(self.record_count))
     }
 
     /// Parses and sanity-checks a header (not the CRC). `max_len` bounds the length field.

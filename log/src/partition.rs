@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchDefect, BatchHeader};
 use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
@@ -480,10 +480,16 @@ impl PartitionShared {
             if seg.base_offset >= b.end {
                 break;
             }
-            let pos = match seg.find_batch(offset, max_batch)? {
-                BatchPosition::Start { pos, .. } | BatchPosition::Inside { pos, .. } => pos,
+            let (pos, first) = match seg.find_batch(offset, max_batch)? {
+                BatchPosition::Start { pos, header } | BatchPosition::Inside { pos, header } => (pos, header),
                 BatchPosition::End { .. } => continue,
             };
+            // The batch found must hold `offset` (or start the segment): one starting after it
+            // means a damaged base offset, and serving it would skip or repeat records.
+            let expected = offset.max(seg.base_offset);
+            if first.base_offset > expected {
+                return Err(seg.corrupt(pos, BatchDefect::OffsetGap { expected, found: first.base_offset }));
+            }
             return seg.read_span(pos, max_bytes, max_batch, |h| h.next_offset() <= b.end);
         }
         Ok(None)

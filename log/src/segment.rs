@@ -242,8 +242,8 @@ impl Segment {
     /// one buffer so that a bulk consumer's response needs no further copy: the first batch
     /// always (read on its own if it is larger than `max_bytes`), then the following ones
     /// while they lie wholly within the `max_bytes` read and `take` accepts their header.
-    /// Every returned batch's CRC is verified: a damaged batch ends the span before it, and
-    /// is the error when it comes first. `None` when `from` is at the committed end or `take`
+    /// Every returned batch's CRC is verified and each continues the previous one's offsets:
+    /// a damaged batch ends the span before it, and is the error when it comes first. `None` when `from` is at the committed end or `take`
     /// refuses the first batch.
     pub fn read_span(
         &self,
@@ -266,7 +266,16 @@ impl Segment {
         }
         let (mut at, mut batches, mut last) = (0usize, 0u32, first);
         while at + HEADER_LEN <= buf.len() {
-            let header = BatchHeader::parse(&buf[at..], max_batch).map_err(|d| self.corrupt(from + at as u64, d))?;
+            // Damage after the first batch ends the span before it; the read that starts
+            // there fails with the error.
+            let header = match BatchHeader::parse(&buf[at..], max_batch) {
+                Ok(h) => h,
+                Err(d) if batches == 0 => return Err(self.corrupt(from + at as u64, d)),
+                Err(_) => break,
+            };
+            if batches > 0 && header.base_offset != last.next_offset() {
+                break; // a damaged base offset (outside the CRC)
+            }
             let end = at + header.length as usize;
             if end > buf.len() || (batches > 0 && !take(&header)) {
                 break;
@@ -284,7 +293,10 @@ impl Segment {
             let defect = BatchDefect::Truncated { have: buf.len(), need: first.length as usize };
             return Err(self.corrupt(from, defect));
         }
-        Ok(Some(Span { bytes: buf.slice(..at), batches, next_offset: last.next_offset() }))
+        // A span cut well short of its read (at the high watermark, before damage) is copied
+        // out, so a queued response does not pin a buffer of `max_bytes`.
+        let bytes = if at < buf.len() / 2 { Bytes::copy_from_slice(&buf[..at]) } else { buf.slice(..at) };
+        Ok(Some(Span { bytes, batches, next_offset: last.next_offset() }))
     }
 
     /// Finds the committed batch holding `offset` (which should be at or after the segment's

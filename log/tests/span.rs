@@ -124,29 +124,36 @@ async fn a_span_ends_with_its_segment_and_the_next_read_continues_in_the_next_on
 
 #[tokio::test]
 async fn a_span_ends_before_a_damaged_batch_and_reading_it_names_the_file_and_position() {
+    // Where in batch 4 the damage is: its records (caught by the CRC), its magic, and its base
+    // offset (outside the CRC: caught by offset contiguity).
+    type Where = fn(&BatchAt) -> u64;
+    let damage: [(&str, Where); 3] =
+        [("records", |b| b.end() - 2), ("magic", |b| b.pos + 16), ("base offset", |b| b.pos)];
     for backend in BACKENDS {
-        let dir = tempfile::tempdir().unwrap();
-        let path = segment_path(dir.path(), P, 0);
-        {
-            let log = open(dir.path(), config(backend));
-            append_recs(&log.partition(P).unwrap(), 0, 10).await;
-            log.close().unwrap();
-        }
-        let batches = batches_in(&path);
-        // Flip a byte inside batch 4's records after the log has checked it at open: the
-        // damage appears while the broker runs (bit rot, a stray write).
-        let log = open(dir.path(), config(backend));
-        let p = log.partition(P).unwrap();
-        flip_byte(&path, batches[4].end() - 2);
-        // The batches before the damage are served; the read that starts at it fails.
-        let span = p.read_committed_span(0, 1 << 20).unwrap().unwrap();
-        assert_eq!(decode_span(&span).iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-        match p.read_committed_span(span.next_offset, 1 << 20) {
-            Err(LogError::CorruptBatch { path: at, position, .. }) => {
-                assert_eq!(at, path);
-                assert_eq!(position, batches[4].pos);
+        for (what, at) in damage {
+            let dir = tempfile::tempdir().unwrap();
+            let path = segment_path(dir.path(), P, 0);
+            {
+                let log = open(dir.path(), config(backend));
+                append_recs(&log.partition(P).unwrap(), 0, 10).await;
+                log.close().unwrap();
             }
-            other => panic!("expected CorruptBatch, got {other:?}"),
+            let batches = batches_in(&path);
+            // The damage appears while the broker runs (bit rot, a stray write), after the
+            // log checked the file at open.
+            let log = open(dir.path(), config(backend));
+            let p = log.partition(P).unwrap();
+            flip_byte(&path, at(&batches[4]));
+            // The batches before the damage are served; the read that starts at it fails.
+            let span = p.read_committed_span(0, 1 << 20).unwrap().unwrap();
+            assert_eq!(decode_span(&span).iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3], "{what}");
+            match p.read_committed_span(span.next_offset, 1 << 20) {
+                Err(LogError::CorruptBatch { path: file, position, .. }) => {
+                    assert_eq!(file, path, "{what}");
+                    assert_eq!(position, batches[4].pos, "{what}");
+                }
+                other => panic!("damaged {what}: expected CorruptBatch, got {other:?}"),
+            }
         }
     }
 }
