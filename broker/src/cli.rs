@@ -37,15 +37,9 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
-    /// TOML configuration file: its `[[streams]]` with an `[streams.export]` table are exported.
-    #[arg(long, env = "AXLE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory holding the log and metadata [default: ./data].
-    #[arg(long, env = "AXLE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Root of the exported files [default: `export.dir`, else <data dir>/export].
-    #[arg(long, env = "AXLE_EXPORT_DIR")]
-    pub export_dir: Option<PathBuf>,
+    // The streams exported are the configuration's `[[streams]]` with a `[streams.export]`.
+    #[command(flatten)]
+    pub files: ExportFilesArgs,
     /// Export only these streams (repeatable); a named stream without an export table is
     /// exported with the fixed columns only [default: every stream with an export table].
     #[arg(long = "stream")]
@@ -69,26 +63,30 @@ pub struct QueryArgs {
     /// Write the result to this file instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// TOML configuration file (for `data_dir` and `export.dir`).
+    #[command(flatten)]
+    pub files: ExportFilesArgs,
+}
+
+/// Where the data is: the configuration file, and `--data-dir`, which overrides its
+/// `data_dir`. Every command that opens the data directory takes these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// TOML configuration file (see axle.toml.example); command-line flags override it.
     #[arg(long, env = "AXLE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory holding the log and metadata [default: ./data].
     #[arg(long, env = "AXLE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// [`StoreArgs`] and where the exported Parquet files are, for `export` and `query`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportFilesArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Root of the exported files [default: `export.dir`, else <data dir>/export].
     #[arg(long, env = "AXLE_EXPORT_DIR")]
     pub export_dir: Option<PathBuf>,
-}
-
-/// Where the metadata store is: `--data-dir`, else the config file's `data_dir`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StoreArgs {
-    /// TOML configuration file; its `data_dir` is used unless --data-dir is given.
-    #[arg(long, env = "AXLE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory holding the log and metadata [default: ./data].
-    #[arg(long, env = "AXLE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,12 +169,8 @@ pub enum ConfigCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (see axle.toml.example); flags below override it.
-    #[arg(long, env = "AXLE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory holding the log and metadata [default: ./data].
-    #[arg(long, env = "AXLE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// When appended data is fsynced: `always`, `never`, an interval such as `5ms`, or a byte
     /// count such as `1MiB` [default: always].
     #[arg(long, env = "AXLE_FSYNC")]
@@ -217,6 +211,23 @@ mod tests {
         assert_eq!(parse("1h 30m"), Some(5400));
         assert_eq!(parse("1w2"), None);
         assert_eq!(parse("soon"), None);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Duplicate flag names across flattened argument groups would only fail at run time.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_that_opens_the_data_directory_takes_config_and_data_dir() {
+        for cmd in [&["serve"][..], &["export"], &["query", "SELECT 1"], &["user", "list"], &["ban", "list"]] {
+            let mut argv = vec!["axle"];
+            argv.extend_from_slice(cmd);
+            argv.extend_from_slice(&["--config", "a.toml", "--data-dir", "d"]);
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
+        }
     }
 
     #[test]

@@ -6,15 +6,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axle_broker::cli::{ExportArgs, QueryArgs};
+use axle_broker::cli::{ExportArgs, ExportFilesArgs, QueryArgs};
 use axle_broker::config::Config;
 use axle_engine::{Engine, EngineConfig};
 
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    Ok(match path {
+/// The configuration file (or the defaults) with `--data-dir` and `--export-dir` applied.
+fn load_config(args: &ExportFilesArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.store.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
-    })
+    };
+    if let Some(d) = &args.store.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(d) = &args.export_dir {
+        cfg.export.dir = Some(d.clone());
+    }
+    Ok(cfg)
 }
 
 /// Fails with a clear message if a running server holds the data directory's log lock.
@@ -71,13 +79,7 @@ impl Progress {
 
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     crate::init_tracing(&args.log_format)?;
-    let mut cfg = load_config(args.config.as_deref())?;
-    if let Some(d) = &args.data_dir {
-        cfg.data_dir = d.clone();
-    }
-    if let Some(d) = &args.export_dir {
-        cfg.export.dir = Some(d.clone());
-    }
+    let cfg = load_config(&args.files)?;
     cfg.validate()?;
     let mut configs = cfg.export_configs(false)?;
     if !args.streams.is_empty() {
@@ -152,13 +154,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 pub fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let mut cfg = load_config(args.config.as_deref())?;
-    if let Some(d) = &args.data_dir {
-        cfg.data_dir = d.clone();
-    }
-    if let Some(d) = &args.export_dir {
-        cfg.export.dir = Some(d.clone());
-    }
+    let cfg = load_config(&args.files)?;
     run_query(&cfg, &args)
 }
 

@@ -93,11 +93,11 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
+    let mut cfg = match &args.store.config {
         Some(p) => Config::load(p)?,
         None => Config::from_env()?,
     };
-    if let Some(d) = &args.data_dir {
+    if let Some(d) = &args.store.data_dir {
         cfg.data_dir = d.clone();
     }
     if let Some(f) = &args.fsync {
