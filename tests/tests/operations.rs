@@ -236,6 +236,28 @@ async fn log_level_changes_at_run_time_and_bad_filters_are_refused() {
 }
 
 #[tokio::test]
+async fn bans_are_added_listed_and_lifted_and_absurd_durations_are_refused() {
+    let b = Broker::start();
+    let http = b.http();
+    let r = http.post("/api/v1/bans", json!({"client_id": "rogue", "duration_secs": 3600, "reason": "test"}));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let until = r.body["ban"]["until_ms"].as_i64().unwrap_or(0);
+    let created = r.body["ban"]["created_ms"].as_i64().unwrap_or(0);
+    assert_eq!(until - created, 3_600_000, "{}", r.text);
+    let list = http.get("/api/v1/bans");
+    assert!(list.body.as_array().is_some_and(|a| a.iter().any(|b| b["value"] == "rogue")), "{}", list.text);
+    // Beyond 100 years (and beyond i64 milliseconds) is refused, not clamped.
+    for secs in [3_155_760_001u64, 9_223_372_036_854_775_808] {
+        let r = http.post("/api/v1/bans", json!({"username": "u", "duration_secs": secs}));
+        assert_eq!(r.status, 400, "{secs}: {}", r.text);
+        assert!(r.text.contains("duration_secs"), "{}", r.text);
+    }
+    assert_eq!(http.delete("/api/v1/bans?client_id=rogue").status / 100, 2);
+    let list = http.get("/api/v1/bans");
+    assert!(list.body.as_array().is_some_and(|a| a.iter().all(|b| b["value"] != "rogue")), "{}", list.text);
+}
+
+#[tokio::test]
 async fn sys_topics_carry_version_and_client_events() {
     let b = Broker::start();
     let mut watcher = V5::connect(opts("watcher", b.port)).await;

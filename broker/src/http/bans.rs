@@ -40,6 +40,10 @@ pub struct BanAdded {
     pub kicked: Vec<String>,
 }
 
+/// The longest timed ban, seconds (100 Julian years); longer ones are refused rather than
+/// silently clamped. The schema's `maximum` on `duration_secs` says the same.
+const MAX_BAN_SECS: u64 = 3_155_760_000;
+
 /// A ban to add: exactly one of `client_id`, `username` and `ip`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -48,7 +52,8 @@ pub struct NewBan {
     pub username: Option<String>,
     /// An address or CIDR network (`10.0.0.0/8`, `fd00::/8`).
     pub ip: Option<String>,
-    /// How long, in seconds; absent: until removed.
+    /// How long, in seconds, at most 100 years; absent: until removed.
+    #[schema(maximum = 3_155_760_000_u64)]
     pub duration_secs: Option<u64>,
     pub reason: Option<String>,
 }
@@ -100,9 +105,13 @@ pub(super) async fn add(
     Json(b): Json<NewBan>,
 ) -> Result<(StatusCode, axum::Json<BanAdded>), ApiError> {
     let target = target(b.client_id, b.username, b.ip)?;
+    if b.duration_secs.is_some_and(|d| d > MAX_BAN_SECS) {
+        return Err(ApiError::bad_request(format!(
+            "duration_secs must be at most {MAX_BAN_SECS} (100 years); omit it for a ban until removed"
+        )));
+    }
     let now = now_ms();
-    let until_ms =
-        b.duration_secs.map(|d| now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX).saturating_mul(1000)));
+    let until_ms = b.duration_secs.map(|d| now.saturating_add(d as i64 * 1000));
     let ban = Ban { target, until_ms, reason: b.reason, created_ms: now };
     let hub = s.hub.clone();
     let stored = ban.clone();
