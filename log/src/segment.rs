@@ -243,8 +243,8 @@ impl Segment {
     /// always (read on its own if it is larger than `max_bytes`), then the following ones
     /// while they lie wholly within the `max_bytes` read and `take` accepts their header.
     /// Every returned batch's CRC is verified and each continues the previous one's offsets:
-    /// a damaged batch ends the span before it, and is the error when it comes first. `None` when `from` is at the committed end or `take`
-    /// refuses the first batch.
+    /// a damaged batch ends the span before it, and is the error when it comes first. `None`
+    /// when `from` is at the committed end or `take` refuses the first batch.
     pub fn read_span(
         &self,
         from: u64,

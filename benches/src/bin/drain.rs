@@ -46,9 +46,9 @@ struct Args {
     /// Most batch bytes per FetchBatches response.
     #[arg(long, default_value_t = 8 << 20)]
     batch_bytes: u32,
-    /// Which RPCs to time: `fetch`, `batches` or `both`.
-    #[arg(long, default_value = "both", value_parser = ["fetch", "batches", "both"])]
-    rpc: String,
+    /// Which RPCs to time.
+    #[arg(long, value_enum, default_value_t = Rpc::Both)]
+    rpc: Rpc,
     /// The client's HTTP/2 SETTINGS_MAX_FRAME_SIZE, bytes (16 KiB to 16 MiB - 1).
     #[arg(long, default_value_t = 1 << 20)]
     frame_bytes: u32,
@@ -64,6 +64,13 @@ struct Args {
     /// Directory for the data (default: a temporary directory under ./target).
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Rpc {
+    Fetch,
+    Batches,
+    Both,
 }
 
 const STREAM: &str = "drain";
@@ -123,8 +130,9 @@ fn segment_files(data: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Plain sequential reads of the files; returns bytes read.
-fn read_files(files: &[PathBuf]) -> anyhow::Result<u64> {
+/// Plain sequential reads of the files in 1 MiB chunks, each handed to `sink`; returns
+/// bytes read.
+fn read_files(files: &[PathBuf], mut sink: impl FnMut(&[u8]) -> std::io::Result<()>) -> anyhow::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     for f in files {
@@ -134,34 +142,24 @@ fn read_files(files: &[PathBuf]) -> anyhow::Result<u64> {
             if n == 0 {
                 break;
             }
+            sink(&buf[..n])?;
             total += n as u64;
         }
     }
     Ok(total)
 }
 
-/// The same files read with 1 MiB `read` calls and written to a loopback TCP socket, which
-/// another thread drains with 1 MiB reads: the floor under any network protocol on this
-/// machine (two user/kernel copies on each side, both cores busy). Returns bytes received.
+/// The same reads as [`read_files`] written to a loopback TCP socket, which another thread
+/// drains with 1 MiB reads: the floor under any network protocol on this machine (two
+/// user/kernel copies on each side, both cores busy). Returns bytes received.
 fn read_files_over_loopback(files: &[PathBuf]) -> anyhow::Result<u64> {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let files = files.to_vec();
-    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+    let sender = std::thread::spawn(move || -> anyhow::Result<u64> {
         let (mut sock, _) = listener.accept()?;
-        let mut buf = vec![0u8; 1 << 20];
-        for f in &files {
-            let mut file = std::fs::File::open(f)?;
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                sock.write_all(&buf[..n])?;
-            }
-        }
-        Ok(())
+        read_files(&files, |chunk| sock.write_all(chunk))
     });
     let mut sock = std::net::TcpStream::connect(addr)?;
     let mut buf = vec![0u8; 1 << 20];
@@ -320,13 +318,13 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     build_backlog(&data, args.records, args.size)?;
     let files = segment_files(&data)?;
-    let file_bytes = read_files(&files)?; // also warms the page cache
+    let file_bytes = read_files(&files, |_| Ok(()))?; // also warms the page cache
     eprintln!("drain: {:.1} MB in {} segments, built in {:.1?}", file_bytes as f64 / 1e6, files.len(), t.elapsed());
 
     let mut ceiling = Vec::new();
     for _ in 0..args.runs {
         let t = Instant::now();
-        read_files(&files)?;
+        read_files(&files, |_| Ok(()))?;
         ceiling.push(file_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
     }
     let mut loopback = Vec::new();
@@ -341,10 +339,10 @@ fn main() -> anyhow::Result<()> {
     let (_axle, port) = start_axle(&bin, &data, &config)?;
     let h2 = H2 { frame: args.frame_bytes, window: args.window_bytes };
     let rt = tokio::runtime::Runtime::new()?;
-    let (fetch_runs, batch_runs) = match args.rpc.as_str() {
-        "fetch" => (args.runs, 0),
-        "batches" => (0, args.runs),
-        _ => (args.runs, args.runs),
+    let (fetch_runs, batch_runs) = match args.rpc {
+        Rpc::Fetch => (args.runs, 0),
+        Rpc::Batches => (0, args.runs),
+        Rpc::Both => (args.runs, args.runs),
     };
     let mut rates = Vec::new();
     for _ in 0..fetch_runs {

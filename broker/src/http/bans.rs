@@ -53,7 +53,7 @@ pub struct NewBan {
     /// An address or CIDR network (`10.0.0.0/8`, `fd00::/8`).
     pub ip: Option<String>,
     /// How long, in seconds, at most 100 years; absent: until removed.
-    #[schema(maximum = 3_155_760_000_u64)]
+    #[schema(maximum = 3_155_760_000_u64)] // MAX_BAN_SECS: utoipa takes only a literal here
     pub duration_secs: Option<u64>,
     pub reason: Option<String>,
 }
