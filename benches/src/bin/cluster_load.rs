@@ -20,7 +20,7 @@ use anyhow::Context;
 use axle_benches::cluster::{telemetry_stream, NodeSpec, Nodes};
 use axle_benches::median;
 use axle_benches::mqtt::brokers::{machine_load, raise_nofile};
-use axle_benches::mqtt::fan_in::{self, FanInParams, FanInResult, Targets};
+use axle_benches::mqtt::fan_in::{self, ClientKind, FanInParams, FanInResult, Targets};
 use clap::Parser;
 use rumqttc::QoS;
 
@@ -95,6 +95,8 @@ fn run_once(
         consumers: 2,
         connect_concurrency: args.connect_concurrency,
         rate: args.rate,
+
+        client: ClientKind::Rumqttc,
     };
     let cpu0 = cluster.cpu_secs();
     let out = rt.block_on(fan_in::run_at(params, Some(targets)));

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use axle_benches::median;
 use axle_benches::mqtt::brokers::{cpu_secs, machine_load, raise_nofile, Broker, BrokerSpec};
-use axle_benches::mqtt::fan_in::{self, FanInParams, FanInResult};
+use axle_benches::mqtt::fan_in::{self, ClientKind, FanInParams, FanInResult};
 use axle_benches::mqtt::offline::{self, OfflineParams, OfflineResult};
 use axle_benches::mqtt::slow::{self, SlowParams};
 use clap::Parser;
@@ -53,6 +53,11 @@ struct Args {
     /// fan-in: limit the aggregate publish rate (msgs/s); default as fast as acknowledged.
     #[arg(long)]
     rate: Option<f64>,
+    /// fan-in and fan-in-q0: the client the publishers and consumers use. `wire` (Axle's
+    /// codec, one task and batched writes per connection) keeps the load tool's share of the
+    /// two cores small; `rumqttc` is what the figures before 2026-12-02 17:00 UTC used.
+    #[arg(long, value_enum, default_value_t = ClientKind::Wire)]
+    client: ClientKind,
     /// Connection handshakes in progress at the same time (publishers and sessions); keep it
     /// below the brokers' listen backlog (`ss -ltn` shows 128 for axle's listener).
     #[arg(long, default_value_t = 100)]
@@ -151,6 +156,7 @@ fn fan_in_workload(rt: &tokio::runtime::Runtime, args: &Args, spec: &BrokerSpec,
                 consumers: 2,
                 connect_concurrency: args.connect_concurrency,
                 rate: args.rate,
+                client: args.client,
             };
             let out = with_broker(name, spec, &format!("{w}-{run}"), |b| {
                 rt.block_on(fan_in::run(FanInParams { port: b.port, ..params }))

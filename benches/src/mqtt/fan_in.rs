@@ -11,7 +11,21 @@ use rumqttc::{Event, Incoming, Outgoing, QoS};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::client::{client_at, disconnect, host_for, parse_payload, payload, wait_connack, wait_suback};
+use super::wire::WireConn;
 use crate::percentile;
+
+/// The client library the workload's connections use (the same for every broker in a run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientKind {
+    /// [`WireConn`]: one task per connection, batched writes; the tool stays small next to
+    /// the broker.
+    Wire,
+    /// rumqttc 0.24: an event loop and a client handle per connection.
+    Rumqttc,
+}
+
+/// Messages each connection keeps in flight (QoS 1), as rumqttc's `inflight` setting.
+const IN_FLIGHT: usize = 100;
 
 #[derive(Clone, Debug)]
 pub struct FanInParams {
@@ -26,6 +40,7 @@ pub struct FanInParams {
     /// Aggregate publish rate (msgs/s) spread evenly over the publishers; `None` = as fast as
     /// the in-flight window allows.
     pub rate: Option<f64>,
+    pub client: ClientKind,
 }
 
 /// Where the clients connect when not all to one broker: publisher `i` to
@@ -100,28 +115,64 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
         messages: p.messages,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The consumers run on a runtime of their own: on the publishers' runtime a woken consumer
+    // waited behind ~1,000 runnable publisher tasks, and the consumers, not the broker, set
+    // the end-to-end rate.
+    let consumer_rt = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fan-in-consumer")
+            .enable_all()
+            .build()
+            .context("starting the consumers' runtime")?,
+    ));
     let mut consumers = Vec::new();
     for c in 0..p.consumers {
         let (host, port) = consumer_at(c);
-        let (cl, mut el) = client_at(format!("consumer-{c}-{}", rand::random::<u32>()), host, port, true, 100, 100);
-        cl.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
-        wait_connack(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
-        wait_suback(&mut el, 30).await.with_context(|| format!("consumer {c}"))?;
-        let (shared, mut stop) = (shared.clone(), stop_rx.clone());
-        consumers.push(tokio::spawn(async move {
-            let _keep = cl;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => return Ok(()),
-                    ev = el.poll() => match ev {
-                        Ok(Event::Incoming(Incoming::Publish(m))) => shared.record(&m.payload),
-                        Ok(_) => {}
-                        Err(e) => bail!("consumer {c} lost its connection: {e}"),
-                    },
+        let id = format!("consumer-{c}-{}", rand::random::<u32>());
+        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+        let kind = p.client;
+        consumers.push(consumer_rt.handle().spawn(async move {
+            match kind {
+                ClientKind::Wire => {
+                    let subscribed = async {
+                        let (mut conn, _) = WireConn::connect(&host, port, id, true, 30).await?;
+                        conn.subscribe("$share/bench/v/+/telemetry", codec_qos(QoS::AtLeastOnce), 30).await?;
+                        anyhow::Ok(conn)
+                    };
+                    match subscribed.await {
+                        Ok(conn) => {
+                            let _ = ready_tx.send(Ok(()));
+                            consume_wire(c, conn, shared, stop).await
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            Ok(())
+                        }
+                    }
+                }
+                ClientKind::Rumqttc => {
+                    let (cl, mut el) = client_at(id, host, port, true, 100, 100);
+                    let subscribed = async {
+                        cl.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
+                        wait_connack(&mut el, 30).await?;
+                        wait_suback(&mut el, 30).await
+                    };
+                    match subscribed.await {
+                        Ok(()) => {
+                            let _ = ready_tx.send(Ok(()));
+                            consume_rumqttc(c, cl, el, shared, stop).await
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            Ok(())
+                        }
+                    }
                 }
             }
         }));
+        ready_rx.await.context("a consumer task ended before subscribing")?.with_context(|| format!("consumer {c}"))?;
     }
 
     // Publishers connect in waves, report readiness, then wait for one start signal.
@@ -135,18 +186,31 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
         let (host, port) = publisher_at(i);
         publishers.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await?;
-            let (cl, mut el) = client_at(format!("pub-{i}-{}", rand::random::<u32>()), host, port, true, 100, 200);
-            let connected = wait_connack(&mut el, 60).await.with_context(|| format!("publisher {i}"));
-            drop(permit);
-            let failed = connected.is_err();
-            let _ = ready.send(connected.map(|_| ())).await;
-            if failed {
-                bail!("publisher {i} could not connect");
+            let id = format!("pub-{i}-{}", rand::random::<u32>());
+            let connected = match p.client {
+                ClientKind::Wire => WireConn::connect(&host, port, id, true, 60).await.map(|(c, _)| Publisher::Wire(c)),
+                ClientKind::Rumqttc => {
+                    let (cl, mut el) = client_at(id, host, port, true, IN_FLIGHT as u16, 200);
+                    wait_connack(&mut el, 60).await.map(|_| Publisher::Rumqttc(cl, el))
+                }
             }
+            .with_context(|| format!("publisher {i}"));
+            drop(permit);
+            let (publisher, ok) = match connected {
+                Ok(c) => (Some(c), Ok(())),
+                Err(e) => (None, Err(e)),
+            };
+            let _ = ready.send(ok).await;
+            let Some(publisher) = publisher else {
+                bail!("publisher {i} could not connect");
+            };
             while !*start.borrow() {
                 start.changed().await?;
             }
-            publish_all(i, cl, el, &p).await
+            match publisher {
+                Publisher::Wire(conn) => publish_all_wire(i, conn, &p).await,
+                Publisher::Rumqttc(cl, el) => publish_all(i, cl, el, &p).await,
+            }
         }));
     }
     drop(ready_tx);
@@ -209,6 +273,7 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
             first_err.get_or_insert(e);
         }
     }
+    drop(consumer_rt);
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -229,6 +294,171 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
         duplicated,
         secs: recv_secs,
     })
+}
+
+/// A runtime started from async code: dropping a `Runtime` blocks, which async code must not
+/// do, so this one is shut down in the background when dropped (on every return path).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A connected publisher of either kind.
+enum Publisher {
+    Wire(WireConn),
+    Rumqttc(rumqttc::AsyncClient, rumqttc::EventLoop),
+}
+
+fn codec_qos(q: QoS) -> axle_broker::codec::QoS {
+    match q {
+        QoS::AtMostOnce => axle_broker::codec::QoS::AtMostOnce,
+        QoS::AtLeastOnce => axle_broker::codec::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => axle_broker::codec::QoS::ExactlyOnce,
+    }
+}
+
+/// A consumer on rumqttc: records every PUBLISH until `stop`.
+async fn consume_rumqttc(
+    c: usize,
+    cl: rumqttc::AsyncClient,
+    mut el: rumqttc::EventLoop,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let _keep = cl;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            ev = el.poll() => match ev {
+                Ok(Event::Incoming(Incoming::Publish(m))) => shared.record(&m.payload),
+                Ok(_) => {}
+                Err(e) => bail!("consumer {c} lost its connection: {e}"),
+            },
+        }
+    }
+}
+
+/// A consumer on [`WireConn`]: records every PUBLISH and acknowledges each QoS 1 one, all the
+/// acknowledgements of one read in one write, until `stop`.
+async fn consume_wire(
+    c: usize,
+    mut conn: WireConn,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let packets = tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                conn.disconnect().await;
+                return Ok(());
+            }
+            r = conn.read_packets() => r.with_context(|| format!("consumer {c} lost its connection"))?,
+        };
+        for p in packets {
+            if let axle_broker::codec::Packet::Publish(m) = p {
+                shared.record(&m.payload);
+                if let Some(id) = m.packet_id {
+                    conn.queue_puback(id)?;
+                }
+            }
+        }
+        conn.flush().await.with_context(|| format!("consumer {c}"))?;
+    }
+}
+
+/// [`publish_all`] on [`WireConn`]: keeps up to [`IN_FLIGHT`] QoS 1 messages outstanding,
+/// writes every message the window (or the rate) allows in one `write`, and times each PUBACK
+/// from that write. QoS 0 messages are written in runs of [`IN_FLIGHT`].
+pub(crate) async fn publish_all_wire(i: usize, mut conn: WireConn, p: &FanInParams) -> anyhow::Result<PubStats> {
+    let topic = format!("v/{i}/telemetry");
+    let (messages, size, qos) = (p.messages, p.payload, codec_qos(p.qos));
+    let acks = qos != axle_broker::codec::QoS::AtMostOnce;
+    let per_publisher = p.rate.map(|r| r / p.publishers.max(1) as f64);
+    let t0 = tokio::time::Instant::now();
+    let due = |seq: usize| per_publisher.map(|r| t0 + Duration::from_secs_f64(seq as f64 / r));
+    // Packet ids run 1..=ID_SPAN and are reused; slot `id` holds the send time of its
+    // message. A small span keeps the table in cache (1,000 publishers with a 64 Ki-slot table
+    // each zeroed and faulted in 1 GiB).
+    const ID_SPAN: u16 = 2 * IN_FLIGHT as u16;
+    let mut sent_at: Vec<Option<Instant>> = vec![None; usize::from(ID_SPAN) + 1];
+    let next = |id: u16| if id >= ID_SPAN { 1 } else { id + 1 };
+    let mut next_id: u16 = 1;
+    let mut lat_ms = Vec::with_capacity(messages);
+    let (mut seq, mut in_flight, mut acked) = (0usize, 0usize, 0usize);
+    let (mut last_sent, mut last_ack) = (Instant::now(), Instant::now());
+    loop {
+        let now = tokio::time::Instant::now();
+        let mut ids = Vec::new();
+        while seq < messages && (!acks || in_flight < IN_FLIGHT) && ids.len() < IN_FLIGHT {
+            if due(seq).is_some_and(|d| d > now) {
+                break;
+            }
+            let id = if acks {
+                while sent_at[usize::from(next_id)].is_some() {
+                    next_id = next(next_id);
+                }
+                let id = next_id;
+                next_id = next(next_id);
+                ids.push(id);
+                Some(id)
+            } else {
+                ids.push(0);
+                None
+            };
+            conn.queue_publish(&topic, qos, id, bytes::Bytes::from(payload(i, seq, size)))?;
+            seq += 1;
+            in_flight += usize::from(acks);
+        }
+        if !ids.is_empty() {
+            conn.flush().await.with_context(|| format!("publisher {i}: {seq} queued, {acked} acked"))?;
+            last_sent = Instant::now();
+            for &id in ids.iter().filter(|_| acks) {
+                sent_at[usize::from(id)] = Some(last_sent);
+            }
+        }
+        if (!acks && seq >= messages) || (acks && acked >= messages) {
+            break;
+        }
+        let next_due = if seq < messages && (!acks || in_flight < IN_FLIGHT) { due(seq) } else { None };
+        if !acks {
+            if let Some(d) = next_due {
+                tokio::time::sleep_until(d).await;
+            }
+            continue;
+        }
+        let packets = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(60), conn.read_packets()) => match r {
+                Ok(r) => r.with_context(|| format!("publisher {i}: connection error after {seq} sent, {acked} acked"))?,
+                Err(_) => bail!("publisher {i}: nothing happened for 60 s ({seq} sent, {acked} acked)"),
+            },
+            _ = tokio::time::sleep_until(next_due.unwrap_or(t0)), if next_due.is_some() => continue,
+        };
+        for packet in packets {
+            if let axle_broker::codec::Packet::PubAck(a) = packet {
+                if let Some(t) = sent_at.get_mut(usize::from(a.packet_id)).and_then(Option::take) {
+                    acked += 1;
+                    in_flight -= 1;
+                    last_ack = Instant::now();
+                    lat_ms.push(last_ack.duration_since(t).as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+    conn.disconnect().await;
+    Ok(PubStats { lat_ms, last_sent, last_ack })
 }
 
 /// Publishes `messages` messages as fast as the client's in-flight window allows and times
@@ -255,8 +485,8 @@ pub(crate) async fn publish_all(
             Ok::<_, rumqttc::ClientError>(())
         })
     };
-    // Packet ids are reused, so keep send times per id (65,535 slots).
-    let mut sent_at: Vec<Option<Instant>> = vec![None; 1 << 16];
+    // Packet ids are reused: the send time of the message under each id in flight.
+    let mut sent_at: std::collections::HashMap<u16, Instant> = std::collections::HashMap::with_capacity(256);
     let mut lat_ms = Vec::with_capacity(messages);
     let (mut sent, mut acked) = (0usize, 0usize);
     let (mut last_sent, mut last_ack) = (Instant::now(), Instant::now());
@@ -266,12 +496,12 @@ pub(crate) async fn publish_all(
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 sent += 1;
                 last_sent = Instant::now();
-                sent_at[usize::from(pkid)] = Some(last_sent);
+                sent_at.insert(pkid, last_sent);
             }
             Ok(Ok(Event::Incoming(Incoming::PubAck(a)))) => {
                 acked += 1;
                 last_ack = Instant::now();
-                if let Some(t) = sent_at[usize::from(a.pkid)].take() {
+                if let Some(t) = sent_at.remove(&a.pkid) {
                     lat_ms.push(last_ack.duration_since(t).as_secs_f64() * 1e3);
                 }
             }

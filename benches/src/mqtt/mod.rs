@@ -1,5 +1,5 @@
-//! The `mqtt-load` tool's parts: starting the brokers, the rumqttc clients and one module per
-//! workload.
+//! The `mqtt-load` tool's parts: starting the brokers, the clients (rumqttc, and the lean
+//! [`wire`] client) and one module per workload.
 
 pub mod brokers;
 pub mod client;
@@ -7,3 +7,4 @@ pub mod fan_in;
 pub mod offline;
 pub mod sampler;
 pub mod slow;
+pub mod wire;

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::brokers::read_rss;
 use super::client::{client, parse_payload, wait_connack, wait_suback};
-use super::fan_in::{publish_all, FanInParams};
+use super::fan_in::{publish_all, ClientKind, FanInParams};
 use super::sampler::{series, RssSampler};
 
 #[derive(Clone, Debug)]
@@ -95,6 +95,8 @@ pub async fn run(p: SlowParams) -> anyhow::Result<SlowResult> {
         consumers: 0,
         connect_concurrency: 100,
         rate: None,
+
+        client: ClientKind::Rumqttc,
     };
     let started = Instant::now();
     let mut set = JoinSet::new();
