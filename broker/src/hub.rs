@@ -29,7 +29,7 @@ pub struct Delivery {
     pub prev_end: u64,
     pub msg: Arc<Message>,
     /// Chosen for the session by a shared-subscription group (not cursor-tracked).
-    pub shared: Option<String>,
+    pub shared: Option<Arc<str>>,
 }
 
 /// What the hub knows of a connected session.
@@ -275,10 +275,10 @@ impl Hub {
     /// Hands one record to every connected session that subscribes to its topic.
     pub fn dispatch(&self, pid: usize, offset: u64, msg: Arc<Message>) {
         let mut ids: Vec<SubscriberId> = Vec::new();
-        let mut groups: Vec<(String, Vec<SubscriberId>)> = Vec::new();
+        let mut groups: Vec<(Arc<str>, Vec<SubscriberId>)> = Vec::new();
         self.tree.read().for_each_match(&msg.topic, |m| match m {
             Match::Subscriber(id) => ids.push(id),
-            Match::Shared { key, members } => groups.push((key, members.to_vec())),
+            Match::Shared { key, members } => groups.push((key.clone(), members.to_vec())),
         });
         if ids.is_empty() && groups.is_empty() {
             return;

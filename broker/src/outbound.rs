@@ -142,7 +142,7 @@ impl Outbound {
 
     /// A shared-subscription delivery: no cursor; waits in memory for window space.
     pub fn offer_shared(&mut self, s: &mut SessionState, d: Delivery, out: &mut BytesMut) {
-        let key = d.shared.clone().unwrap_or_default();
+        let key = d.shared.clone().unwrap_or_else(|| Arc::from(""));
         let Some(sub) = s.subscriptions.values().find(|sub| {
             sub.group.as_deref().is_some_and(|g| key.starts_with(g) && key[g.len()..].starts_with('\u{0}'))
                 && axle_engine::topic::matches(&sub.inner, &d.msg.topic)

@@ -60,7 +60,7 @@ struct Group {
 /// Every shared group's dispatch state, by group key (`{group}\0{filter}`).
 #[derive(Default)]
 pub struct SharedGroups {
-    groups: Mutex<HashMap<String, Arc<Mutex<Group>>>>,
+    groups: Mutex<foldhash::HashMap<String, Arc<Mutex<Group>>>>,
 }
 
 /// Takes one unit of `h`'s credit if it has any.
@@ -69,8 +69,14 @@ fn take_credit(h: &SessionHandle) -> bool {
 }
 
 impl SharedGroups {
+    /// The group's state, created on first use. Called once per shared delivery, so the key
+    /// is copied only when the group is new.
     fn group(&self, key: &str) -> Arc<Mutex<Group>> {
-        self.groups.lock().entry(key.to_string()).or_default().clone()
+        let mut groups = self.groups.lock();
+        if let Some(g) = groups.get(key) {
+            return g.clone();
+        }
+        groups.entry(key.to_string()).or_default().clone()
     }
 
     /// True if members should pull: the group lags on some partition or holds redeliveries.
@@ -188,6 +194,7 @@ impl SharedGroups {
     pub fn pull(&self, engine: &Engine, key: &str, filter: &str, me: &SessionHandle) -> Vec<Delivery> {
         let mut out = Vec::new();
         let Some(g) = self.groups.lock().get(key).cloned() else { return out };
+        let shared_key: Arc<str> = Arc::from(key);
         let mut g = g.lock();
         while me.shared_credit.load(Ordering::Acquire) > 0 {
             let Some(d) = g.redeliver.pop_front() else { break };
@@ -238,7 +245,7 @@ impl SharedGroups {
                             offset: r.offset,
                             prev_end: UNKNOWN,
                             msg: Arc::new(m),
-                            shared: Some(key.to_string()),
+                            shared: Some(shared_key.clone()),
                         });
                     }
                     from = r.offset + 1;

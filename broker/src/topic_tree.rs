@@ -4,17 +4,36 @@
 //! (`$share/{group}/{filter}`) sit at their filter's node as named groups of members. Per the
 //! spec, a filter that starts with a wildcard does not match a topic starting with `$`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Identifies one connected session in the broker (never reused while the process runs).
 pub type SubscriberId = u64;
 
+/// Every PUBLISH looks up each of its topic levels here, so the map uses foldhash rather
+/// than SipHash (see `docs/decisions.md`, "Hashing in the hot path").
+type Children = foldhash::HashMap<String, Node>;
+
 #[derive(Default, Debug)]
 struct Node {
-    children: HashMap<String, Node>,
+    children: Children,
     subscribers: Vec<SubscriberId>,
-    /// group name → members, in join order.
-    shared: BTreeMap<String, Vec<SubscriberId>>,
+    /// group name → the group at this node's filter.
+    shared: BTreeMap<String, SharedAt>,
+}
+
+/// A shared group at one filter: its key, made once when the group is created so that
+/// matching a topic allocates nothing, and its members in join order.
+#[derive(Debug)]
+struct SharedAt {
+    key: Arc<str>,
+    members: Vec<SubscriberId>,
+}
+
+/// The key that identifies shared group `group` on `filter` across the broker:
+/// `{group}\0{filter}`.
+pub fn shared_key(group: &str, filter: &str) -> String {
+    format!("{group}\u{0}{filter}")
 }
 
 impl Node {
@@ -29,7 +48,7 @@ pub enum Match<'a> {
     Subscriber(SubscriberId),
     /// A shared group: deliver to one of `members`. `key` identifies the group across calls.
     Shared {
-        key: String,
+        key: &'a Arc<str>,
         members: &'a [SubscriberId],
     },
 }
@@ -49,7 +68,13 @@ impl TopicTree {
             node = node.children.entry(level.to_string()).or_default();
         }
         let list = match group {
-            Some(g) => node.shared.entry(g.to_string()).or_default(),
+            Some(g) => {
+                &mut node
+                    .shared
+                    .entry(g.to_string())
+                    .or_insert_with(|| SharedAt { key: shared_key(g, filter).into(), members: Vec::new() })
+                    .members
+            }
             None => &mut node.subscribers,
         };
         if !list.contains(&id) {
@@ -78,7 +103,7 @@ impl TopicTree {
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(Match<'a>)) {
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, 0, dollar, "", &mut f);
+        walk(&self.root, &levels, 0, dollar, &mut f);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,7 +119,7 @@ impl TopicTree {
                 None => return Vec::new(),
             }
         }
-        node.shared.get(group).cloned().unwrap_or_default()
+        node.shared.get(group).map(|g| g.members.clone()).unwrap_or_default()
     }
 }
 
@@ -102,11 +127,11 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, id: Subscrib
     let Some((first, rest)) = levels.split_first() else {
         return match group {
             Some(g) => {
-                let Some(members) = node.shared.get_mut(g) else { return false };
-                let before = members.len();
-                members.retain(|m| *m != id);
-                let removed = members.len() != before;
-                if members.is_empty() {
+                let Some(at) = node.shared.get_mut(g) else { return false };
+                let before = at.members.len();
+                at.members.retain(|m| *m != id);
+                let removed = at.members.len() != before;
+                if at.members.is_empty() {
                     node.shared.remove(g);
                 }
                 removed
@@ -126,55 +151,44 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, id: Subscrib
     removed
 }
 
-fn report<'a>(node: &'a Node, filter: &str, f: &mut dyn FnMut(Match<'a>)) {
+fn report<'a>(node: &'a Node, f: &mut dyn FnMut(Match<'a>)) {
     for id in &node.subscribers {
         f(Match::Subscriber(*id));
     }
-    for (g, members) in &node.shared {
-        f(Match::Shared { key: format!("{g}\u{0}{filter}"), members });
+    for at in node.shared.values() {
+        f(Match::Shared { key: &at.key, members: &at.members });
     }
 }
 
-fn join(path: &str, level: &str) -> String {
-    if path.is_empty() && level.is_empty() {
-        "/".to_string()
-    } else if path.is_empty() {
-        level.to_string()
-    } else {
-        format!("{path}/{level}")
-    }
-}
-
-/// `path` is the filter so far (for shared-group keys); `depth` 0 is the root.
-fn walk<'a>(node: &'a Node, levels: &[&str], depth: usize, dollar: bool, path: &str, f: &mut dyn FnMut(Match<'a>)) {
+/// `depth` 0 is the root.
+fn walk<'a>(node: &'a Node, levels: &[&str], depth: usize, dollar: bool, f: &mut dyn FnMut(Match<'a>)) {
     let at_root_dollar = dollar && depth == 0;
     // `#` here matches this level and everything below.
     if let Some(hash) = node.children.get("#") {
         if !at_root_dollar {
-            report(hash, &join(path, "#"), f);
+            report(hash, f);
         }
     }
     let Some((level, rest)) = levels.split_first() else {
         return;
     };
-    let visit = |child: &'a Node, name: &str, f: &mut dyn FnMut(Match<'a>)| {
-        let p = join(path, name);
+    let visit = |child: &'a Node, f: &mut dyn FnMut(Match<'a>)| {
         if rest.is_empty() {
-            report(child, &p, f);
+            report(child, f);
             // `a/#` also matches `a`.
             if let Some(h) = child.children.get("#") {
-                report(h, &join(&p, "#"), f);
+                report(h, f);
             }
         } else {
-            walk(child, rest, depth + 1, dollar, &p, f);
+            walk(child, rest, depth + 1, dollar, f);
         }
     };
     if let Some(child) = node.children.get(*level) {
-        visit(child, level, f);
+        visit(child, f);
     }
     if !at_root_dollar {
         if let Some(plus) = node.children.get("+") {
-            visit(plus, "+", f);
+            visit(plus, f);
         }
     }
 }
@@ -231,12 +245,12 @@ mod tests {
         let mut groups = Vec::new();
         t.for_each_match("v/X/telemetry", |m| {
             if let Match::Shared { key, members } = m {
-                groups.push((key, members.to_vec()));
+                groups.push((key.to_string(), members.to_vec()));
             }
         });
         groups.sort();
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].1, vec![1, 2]);
-        assert!(groups[1].0.starts_with("tsp\u{0}"));
+        assert_eq!(groups[1].0, shared_key("tsp", "v/+/telemetry"));
     }
 }

@@ -413,7 +413,7 @@ impl Connection {
             .session
             .subscriptions
             .values()
-            .filter_map(|s| s.group.as_ref().map(|g| format!("{g}\u{0}{}", s.inner)))
+            .filter_map(|s| s.group.as_ref().map(|g| crate::topic_tree::shared_key(g, &s.inner)))
             .collect();
         self.hub.redispatch_shared(shared, &groups);
         let engine = self.hub.engine.clone();

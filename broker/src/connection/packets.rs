@@ -376,7 +376,7 @@ impl Connection {
                     self.hub.tree.write().remove(&sub.inner, sub.group.as_deref(), self.handle.id);
                     if let Some(g) = &sub.group {
                         if self.hub.tree.read().shared_members(&sub.inner, g).is_empty() {
-                            self.hub.shared.forget(&format!("{g}\u{0}{}", sub.inner));
+                            self.hub.shared.forget(&crate::topic_tree::shared_key(g, &sub.inner));
                         }
                     }
                     if self.session.is_persistent() {

@@ -65,7 +65,7 @@ impl Connection {
             .session
             .subscriptions
             .values()
-            .filter_map(|s| s.group.as_ref().map(|g| (format!("{g}\u{0}{}", s.inner), s.inner.clone())))
+            .filter_map(|s| s.group.as_ref().map(|g| (crate::topic_tree::shared_key(g, &s.inner), s.inner.clone())))
             .collect();
         for (key, filter) in keys {
             if !self.hub.shared.needs_pull(&key) {
