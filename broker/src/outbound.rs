@@ -38,7 +38,7 @@ pub struct Outbound {
     pub aliases: HashMap<String, u16>,
     /// Shared-subscription deliveries waiting for window space, and those in flight.
     pub shared_waiting: VecDeque<Delivery>,
-    pub shared_inflight: HashMap<u16, Delivery>,
+    pub shared_inflight: foldhash::HashMap<u16, Delivery>,
     /// Retained messages for new subscriptions waiting for window space: (message, QoS,
     /// subscription id). Bounded by the retained messages matching one SUBSCRIBE.
     pub retained_waiting: VecDeque<(Arc<Message>, u8, Option<u32>)>,
@@ -142,11 +142,12 @@ impl Outbound {
 
     /// A shared-subscription delivery: no cursor; waits in memory for window space.
     pub fn offer_shared(&mut self, s: &mut SessionState, d: Delivery, out: &mut BytesMut) {
-        let key = d.shared.clone().unwrap_or_else(|| Arc::from(""));
-        let Some(sub) = s.subscriptions.values().find(|sub| {
-            sub.group.as_deref().is_some_and(|g| key.starts_with(g) && key[g.len()..].starts_with('\u{0}'))
-                && axle_engine::topic::matches(&sub.inner, &d.msg.topic)
-        }) else {
+        // The group key names the subscription exactly (`{group}\0{filter}`, and the record
+        // matched that filter when it was dispatched or pulled): compare, do not match again.
+        let key = d.shared.as_deref().unwrap_or("");
+        let (group, filter) = key.split_once('\u{0}').unwrap_or(("", key));
+        let Some(sub) = s.subscriptions.values().find(|sub| sub.group.as_deref() == Some(group) && sub.inner == filter)
+        else {
             return;
         };
         let qos = if self.upgrade_qos { sub.qos } else { sub.qos.min(d.msg.qos) };

@@ -194,3 +194,64 @@ async fn slow_qos1_subscriber_behind_the_live_bound_gets_every_message_once_in_o
 async fn slow_qos0_subscriber_behind_the_live_bound_gets_every_message_once_in_order() {
     slow_subscriber_gets_everything(QoS::AtMostOnce, QoS::AtLeastOnce).await;
 }
+
+/// One write carrying 300 PUBLISHes (QoS 1 with a QoS 0 every tenth, runs on one topic and
+/// runs that change topic, and so partition, at every message, a PINGREQ in the middle): the
+/// broker gathers them into log batches. Every QoS 1 message is acknowledged once, in the
+/// order sent, and every message reaches the subscriber once, in order per topic.
+#[tokio::test]
+async fn publishes_in_one_write_are_acknowledged_and_delivered_in_order() {
+    let b = Broker::start();
+    let mut s = V5::connect(opts("burst-sub", b.port)).await;
+    s.subscribe("burst/#", QoS::AtLeastOnce).await;
+    let topics: Vec<String> = (0..8).map(|t| format!("burst/t{t}")).collect();
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let mut bytes = Vec::new();
+    let mut acked_ids = Vec::new();
+    for i in 0..300u16 {
+        let topic = match i {
+            0..100 => topics[0].clone(),
+            100..200 => topics[usize::from(i) % topics.len()].clone(),
+            _ => topics[1].clone(),
+        };
+        let payload = format!("m{i}");
+        if i == 150 {
+            bytes.extend_from_slice(&common::raw::packet(0xC0, &[])); // PINGREQ
+        }
+        if i % 10 == 9 {
+            bytes.extend_from_slice(&common::raw::publish(5, &topic, 0, 0, payload.as_bytes()));
+        } else {
+            let id = i + 1;
+            bytes.extend_from_slice(&common::raw::publish(5, &topic, 1, id, payload.as_bytes()));
+            acked_ids.push(id);
+        }
+        sent.push((topic, payload));
+    }
+    let port = b.port;
+    let acks = tokio::task::spawn_blocking(move || {
+        let mut c = common::raw::Raw::mqtt(port, 5, "burst-pub", 60);
+        c.send(&bytes);
+        let mut acks = Vec::new();
+        let mut pings = 0;
+        while acks.len() < 270 {
+            let Some(p) = c.read_packet(common::WAIT) else { break };
+            match p.kind() {
+                4 => acks.push(u16::from_be_bytes([p.body[0], p.body[1]])),
+                13 => pings += 1,
+                k => panic!("unexpected packet type {k}"),
+            }
+        }
+        (acks, pings)
+    })
+    .await
+    .unwrap();
+    assert_eq!(acks.1, 1, "one PINGRESP");
+    assert_eq!(acks.0, acked_ids, "every QoS 1 PUBLISH acknowledged once, in the order sent\n{}", b.log());
+    let got = s.publishes(300).await;
+    assert!(s.publishes_within(Duration::from_millis(500)).await.is_empty(), "no duplicates");
+    for t in &topics {
+        let want: Vec<&str> = sent.iter().filter(|(topic, _)| topic == t).map(|(_, p)| p.as_str()).collect();
+        let have: Vec<String> = got.iter().filter(|p| p.topic == t.as_bytes()).map(text).collect();
+        assert_eq!(have, want, "{t}: every message once, in order");
+    }
+}

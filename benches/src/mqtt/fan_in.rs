@@ -191,7 +191,7 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
                 ClientKind::Wire => WireConn::connect(&host, port, id, true, 60).await.map(|(c, _)| Publisher::Wire(c)),
                 ClientKind::Rumqttc => {
                     let (cl, mut el) = client_at(id, host, port, true, IN_FLIGHT as u16, 200);
-                    wait_connack(&mut el, 60).await.map(|_| Publisher::Rumqttc(cl, el))
+                    wait_connack(&mut el, 60).await.map(|_| Publisher::Rumqttc(Box::new((cl, el))))
                 }
             }
             .with_context(|| format!("publisher {i}"));
@@ -209,7 +209,10 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
             }
             match publisher {
                 Publisher::Wire(conn) => publish_all_wire(i, conn, &p).await,
-                Publisher::Rumqttc(cl, el) => publish_all(i, cl, el, &p).await,
+                Publisher::Rumqttc(c) => {
+                    let (cl, el) = *c;
+                    publish_all(i, cl, el, &p).await
+                }
             }
         }));
     }
@@ -317,7 +320,7 @@ impl Drop for OwnRuntime {
 /// A connected publisher of either kind.
 enum Publisher {
     Wire(WireConn),
-    Rumqttc(rumqttc::AsyncClient, rumqttc::EventLoop),
+    Rumqttc(Box<(rumqttc::AsyncClient, rumqttc::EventLoop)>),
 }
 
 fn codec_qos(q: QoS) -> axle_broker::codec::QoS {

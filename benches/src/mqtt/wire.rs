@@ -64,19 +64,15 @@ impl WireConn {
             ..Connect::default()
         }))?;
         conn.flush().await?;
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let packets = tokio::time::timeout_at(deadline, conn.read_packets())
-                .await
-                .with_context(|| format!("no CONNACK within {secs} s"))??;
-            for p in packets {
-                match p {
-                    Packet::ConnAck(a) if a.reason.is_error() => bail!("connection refused: {:?}", a.reason),
-                    Packet::ConnAck(a) => return Ok((conn, a.session_present)),
-                    other => bail!("expected CONNACK, got {other:?}"),
-                }
-            }
-        }
+        let packets = tokio::time::timeout(within, conn.read_packets())
+            .await
+            .with_context(|| format!("no CONNACK within {secs} s"))??;
+        let present = match packets.first() {
+            Some(Packet::ConnAck(a)) if a.reason.is_error() => bail!("connection refused: {:?}", a.reason),
+            Some(Packet::ConnAck(a)) => a.session_present,
+            other => bail!("expected CONNACK, got {other:?}"),
+        };
+        Ok((conn, present))
     }
 
     /// Subscribes to `filter` at `qos` (packet id 1) and waits up to `secs` for a SUBACK that

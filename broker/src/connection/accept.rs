@@ -190,6 +190,8 @@ impl Connection {
             outbound,
             in_aliases: Default::default(),
             pending: FuturesOrdered::new(),
+            staged: Default::default(),
+            inbound_unacked: 0,
             clean_disconnect: false,
             cursor_keys: HashMap::new(),
             shared_pull: false,

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 mod accept;
 mod catch_up;
+mod inbound;
 mod packets;
 pub mod peer;
 mod shared;
@@ -36,7 +37,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a persistent session's cursors are saved while connected.
 const SAVE_EVERY: Duration = Duration::from_millis(500);
 
-type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, u8, Result<(), String>)> + Send>>;
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Inbound> + Send>>;
+
+/// A completed inbound batch (see `inbound.rs`).
+struct Inbound {
+    /// (packet id, QoS) of its QoS 1/2 messages, in arrival order.
+    acks: Vec<(u16, u8)>,
+    /// Its QoS 0 messages.
+    qos0: usize,
+    result: Result<(), String>,
+}
 
 /// Why a connection ended.
 enum End {
@@ -179,7 +189,12 @@ struct Connection {
     gone_flag: Arc<std::sync::atomic::AtomicBool>,
     outbound: Outbound,
     in_aliases: std::collections::HashMap<u16, String>,
+    /// Inbound batches queued to the log, in order, until durable.
     pending: FuturesOrdered<Pending>,
+    /// PUBLISHes of the current read not yet queued (see `inbound.rs`).
+    staged: inbound::Staged,
+    /// QoS 1/2 PUBLISHes staged or in `pending`: counted against Receive Maximum.
+    inbound_unacked: usize,
     clean_disconnect: bool,
     /// Per partition, the key all this session's records there carry (see `catch_up.rs`).
     cursor_keys: HashMap<usize, Option<String>>,
@@ -246,8 +261,8 @@ impl Connection {
                     // with a no-op waker is safe: the loop polls `pending` again with the
                     // task's own waker before it sleeps.
                     let mut next = Some(done);
-                    while let Some((packet_id, qos, result)) = next {
-                        if let Err(end) = self.inbound_done(packet_id, qos, result, &mut out) {
+                    while let Some(done) = next {
+                        if let Err(end) = self.batch_done(done, &mut out) {
                             let _ = io.write_all(&out).await;
                             return end;
                         }
@@ -338,7 +353,15 @@ impl Connection {
         }
     }
 
+    /// Handles every complete packet in `rbuf`; the PUBLISHes among them are queued to the
+    /// log before this returns, whatever the outcome.
     fn drain_packets(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut) -> Result<(), End> {
+        let handled = self.handle_buffered(rbuf, out);
+        self.queue_staged();
+        handled
+    }
+
+    fn handle_buffered(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut) -> Result<(), End> {
         loop {
             if self.guard.throttled_until.is_some() {
                 return Ok(()); // over its rate: the rest waits in the buffer
@@ -348,6 +371,9 @@ impl Connection {
                 Ok(Some(p)) => {
                     if matches!(p, Packet::Publish(_)) {
                         self.rate_check(before - rbuf.len())?;
+                    } else {
+                        // Anything else is handled after the PUBLISHes before it are queued.
+                        self.queue_staged();
                     }
                     self.handle_packet(p, out)?
                 }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use axle_engine::Message;
 use bytes::BytesMut;
 
-use super::{Connection, End, Pending};
+use super::{Connection, End};
 use crate::acl::Action;
 use crate::codec::{
     self, AckProperties, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
@@ -170,7 +170,7 @@ impl Connection {
             return self.ack_dropped(&p, out);
         }
         let qos = p.qos.as_u8();
-        let inflight_in = self.pending.len() + self.session.awaiting_rel.len();
+        let inflight_in = self.inbound_unacked + self.session.awaiting_rel.len();
         if qos > 0 && inflight_in >= usize::from(self.hub.config.mqtt.receive_maximum) {
             return Err(End::Server(
                 ReasonCode::ReceiveMaximumExceeded,
@@ -202,29 +202,9 @@ impl Connection {
             timestamp: now,
         };
         self.hub.retain_on_publish(&msg);
-        let started = self.hub.engine.publish_start(&msg);
-        let fut: Pending = match started {
-            Ok((_pid, fut)) => {
-                Box::pin(async move { (packet_id, qos, fut.await.map(|_| ()).map_err(|e| e.to_string())) })
-            }
-            Err(e) => {
-                let e = e.to_string();
-                Box::pin(async move { (packet_id, qos, Err(e)) })
-            }
-        };
-        if qos == 0 {
-            // Fire and forget, but keep the order with later publishes: the append is
-            // already queued.
-            let metrics = self.hub.metrics.clone();
-            tokio::spawn(async move {
-                if let (_, _, Err(e)) = fut.await {
-                    metrics.dropped(crate::metrics::DropReason::AppendFailed, 1);
-                    tracing::warn!(error = %e, "QoS 0 append failed; message dropped");
-                }
-            });
-        } else {
-            self.pending.push_back(fut);
-        }
+        let size = msg.payload.len() + msg.topic.len();
+        let (pid, record) = self.hub.engine.record_for(&msg);
+        self.stage(pid, record, size, packet_id, qos);
         Ok(())
     }
 
