@@ -319,13 +319,13 @@ impl Hub {
         self.shared.redispatch(
             &sessions,
             |key| {
-                let (group, filter) = key.split_once('\u{0}').unwrap_or((key, ""));
+                let (group, filter) = crate::topic_tree::split_shared_key(key);
                 tree.read().shared_members(filter, group)
             },
             deliveries,
         );
         for key in left_groups {
-            let (group, filter) = key.split_once('\u{0}').unwrap_or((key, ""));
+            let (group, filter) = crate::topic_tree::split_shared_key(key);
             if self.tree.read().shared_members(filter, group).is_empty() {
                 self.shared.forget(key);
             }

@@ -145,7 +145,7 @@ impl Outbound {
         // The group key names the subscription exactly (`{group}\0{filter}`, and the record
         // matched that filter when it was dispatched or pulled): compare, do not match again.
         let key = d.shared.as_deref().unwrap_or("");
-        let (group, filter) = key.split_once('\u{0}').unwrap_or(("", key));
+        let (group, filter) = crate::topic_tree::split_shared_key(key);
         let Some(sub) = s.subscriptions.values().find(|sub| sub.group.as_deref() == Some(group) && sub.inner == filter)
         else {
             return;

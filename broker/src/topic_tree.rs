@@ -36,6 +36,11 @@ pub fn shared_key(group: &str, filter: &str) -> String {
     format!("{group}\u{0}{filter}")
 }
 
+/// The (group, filter) a [`shared_key`] was made of.
+pub fn split_shared_key(key: &str) -> (&str, &str) {
+    key.split_once('\u{0}').unwrap_or((key, ""))
+}
+
 impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()

@@ -134,41 +134,25 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let kind = p.client;
         consumers.push(consumer_rt.handle().spawn(async move {
-            match kind {
-                ClientKind::Wire => {
-                    let subscribed = async {
-                        let (mut conn, _) = WireConn::connect(&host, port, id, true, 30).await?;
-                        conn.subscribe("$share/bench/v/+/telemetry", codec_qos(QoS::AtLeastOnce), 30).await?;
-                        anyhow::Ok(conn)
-                    };
-                    match subscribed.await {
-                        Ok(conn) => {
-                            let _ = ready_tx.send(Ok(()));
-                            consume_wire(c, conn, shared, stop).await
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            Ok(())
+            let subscribed = async {
+                let mut client = Client::connect(kind, id, host, port, 100, 30).await?;
+                client.subscribe_shared(30).await?;
+                anyhow::Ok(client)
+            };
+            match subscribed.await {
+                Ok(client) => {
+                    let _ = ready_tx.send(Ok(()));
+                    match client {
+                        Client::Wire(conn) => consume_wire(c, conn, shared, stop).await,
+                        Client::Rumqttc(b) => {
+                            let (cl, el) = *b;
+                            consume_rumqttc(c, cl, el, shared, stop).await
                         }
                     }
                 }
-                ClientKind::Rumqttc => {
-                    let (cl, mut el) = client_at(id, host, port, true, 100, 100);
-                    let subscribed = async {
-                        cl.subscribe("$share/bench/v/+/telemetry", QoS::AtLeastOnce).await?;
-                        wait_connack(&mut el, 30).await?;
-                        wait_suback(&mut el, 30).await
-                    };
-                    match subscribed.await {
-                        Ok(()) => {
-                            let _ = ready_tx.send(Ok(()));
-                            consume_rumqttc(c, cl, el, shared, stop).await
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            Ok(())
-                        }
-                    }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    Ok(())
                 }
             }
         }));
@@ -187,14 +171,8 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
         publishers.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await?;
             let id = format!("pub-{i}-{}", rand::random::<u32>());
-            let connected = match p.client {
-                ClientKind::Wire => WireConn::connect(&host, port, id, true, 60).await.map(|(c, _)| Publisher::Wire(c)),
-                ClientKind::Rumqttc => {
-                    let (cl, mut el) = client_at(id, host, port, true, IN_FLIGHT as u16, 200);
-                    wait_connack(&mut el, 60).await.map(|_| Publisher::Rumqttc(Box::new((cl, el))))
-                }
-            }
-            .with_context(|| format!("publisher {i}"));
+            let connected =
+                Client::connect(p.client, id, host, port, 200, 60).await.with_context(|| format!("publisher {i}"));
             drop(permit);
             let (publisher, ok) = match connected {
                 Ok(c) => (Some(c), Ok(())),
@@ -208,8 +186,8 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
                 start.changed().await?;
             }
             match publisher {
-                Publisher::Wire(conn) => publish_all_wire(i, conn, &p).await,
-                Publisher::Rumqttc(c) => {
+                Client::Wire(conn) => publish_all_wire(i, conn, &p).await,
+                Client::Rumqttc(c) => {
                     let (cl, el) = *c;
                     publish_all(i, cl, el, &p).await
                 }
@@ -317,10 +295,45 @@ impl Drop for OwnRuntime {
     }
 }
 
-/// A connected publisher of either kind.
-enum Publisher {
+/// A connected client of either kind (clean session, [`IN_FLIGHT`] QoS 1 messages in flight).
+enum Client {
     Wire(WireConn),
     Rumqttc(Box<(rumqttc::AsyncClient, rumqttc::EventLoop)>),
+}
+
+impl Client {
+    /// Connects and waits up to `secs` for CONNACK; `cap` is rumqttc's request queue.
+    async fn connect(
+        kind: ClientKind,
+        id: String,
+        host: String,
+        port: u16,
+        cap: usize,
+        secs: u64,
+    ) -> anyhow::Result<Client> {
+        Ok(match kind {
+            ClientKind::Wire => Client::Wire(WireConn::connect(&host, port, id, true, secs).await?.0),
+            ClientKind::Rumqttc => {
+                let (cl, mut el) = client_at(id, host, port, true, IN_FLIGHT as u16, cap);
+                wait_connack(&mut el, secs).await?;
+                Client::Rumqttc(Box::new((cl, el)))
+            }
+        })
+    }
+
+    /// Subscribes to the workload's shared subscription at QoS 1 and waits up to `secs` for
+    /// the SUBACK.
+    async fn subscribe_shared(&mut self, secs: u64) -> anyhow::Result<()> {
+        const FILTER: &str = "$share/bench/v/+/telemetry";
+        match self {
+            Client::Wire(conn) => conn.subscribe(FILTER, codec_qos(QoS::AtLeastOnce), secs).await,
+            Client::Rumqttc(b) => {
+                let (cl, el) = &mut **b;
+                cl.subscribe(FILTER, QoS::AtLeastOnce).await?;
+                wait_suback(el, secs).await
+            }
+        }
+    }
 }
 
 fn codec_qos(q: QoS) -> axle_broker::codec::QoS {
@@ -404,8 +417,8 @@ pub(crate) async fn publish_all_wire(i: usize, mut conn: WireConn, p: &FanInPara
     let (mut last_sent, mut last_ack) = (Instant::now(), Instant::now());
     loop {
         let now = tokio::time::Instant::now();
-        let mut ids = Vec::new();
-        while seq < messages && (!acks || in_flight < IN_FLIGHT) && ids.len() < IN_FLIGHT {
+        let (mut ids, mut queued) = (Vec::new(), 0);
+        while seq < messages && (!acks || in_flight < IN_FLIGHT) && queued < IN_FLIGHT {
             if due(seq).is_some_and(|d| d > now) {
                 break;
             }
@@ -418,17 +431,17 @@ pub(crate) async fn publish_all_wire(i: usize, mut conn: WireConn, p: &FanInPara
                 ids.push(id);
                 Some(id)
             } else {
-                ids.push(0);
                 None
             };
             conn.queue_publish(&topic, qos, id, bytes::Bytes::from(payload(i, seq, size)))?;
+            queued += 1;
             seq += 1;
             in_flight += usize::from(acks);
         }
-        if !ids.is_empty() {
+        if queued > 0 {
             conn.flush().await.with_context(|| format!("publisher {i}: {seq} queued, {acked} acked"))?;
             last_sent = Instant::now();
-            for &id in ids.iter().filter(|_| acks) {
+            for &id in &ids {
                 sent_at[usize::from(id)] = Some(last_sent);
             }
         }
