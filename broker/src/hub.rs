@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axle_engine::{Engine, Message};
+use axle_engine::{Engine, Message, MessageTail};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, Notify};
 
@@ -246,17 +246,16 @@ impl Hub {
             let part = p.log.clone();
             let replicated = self.engine.replicator().is_some();
             tokio::spawn(async move {
-                let mut reader = part.tail(part.bounds().end).with_limits(1024, 4 << 20);
+                let tail = |from| MessageTail::new(part.clone(), from, 1024, 4 << 20);
+                let mut reader = tail(part.bounds().end);
                 loop {
-                    match reader.next_batch().await {
-                        Ok(records) => {
-                            for r in records {
-                                if let Some(m) = Message::from_record(&r) {
-                                    if m.retain && replicated {
-                                        hub.set_retained(&m);
-                                    }
-                                    hub.dispatch(pid, r.offset, Arc::new(m));
+                    match reader.next().await {
+                        Ok(messages) => {
+                            for (offset, m) in messages {
+                                if m.retain && replicated {
+                                    hub.set_retained(&m);
                                 }
+                                hub.dispatch(pid, offset, m);
                             }
                         }
                         Err(axle_engine::log::LogError::Closed) => return,
@@ -264,7 +263,7 @@ impl Hub {
                             // Retention overtook the dispatcher, or a read failed: skip to the
                             // end. Sessions notice the gap and read the log themselves.
                             tracing::warn!(partition = pid, error = %e, "dispatcher skips to the partition end");
-                            reader = part.tail(part.bounds().end).with_limits(1024, 4 << 20);
+                            reader = tail(part.bounds().end);
                         }
                     }
                 }

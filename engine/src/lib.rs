@@ -12,6 +12,7 @@ pub mod message;
 pub mod meta;
 pub mod replica;
 pub mod stream;
+pub mod tail;
 pub mod topic;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use axle_log::{Log, LogConfig};
 pub use message::Message;
 pub use meta::{MetaError, MetaOp, MetaStore};
 pub use stream::{PartitionKey, StreamConfig, StreamSet};
+pub use tail::MessageTail;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +173,7 @@ impl Engine {
     /// move.
     pub fn publish_start(&self, msg: &Message) -> Result<(usize, PendingPublish), EngineError> {
         let (pid, record) = self.record_for(msg);
-        Ok((pid, self.publish_records_start(pid, vec![record])?))
+        Ok((pid, self.publish_records_start(pid, vec![record], Vec::new())?))
     }
 
     /// The partition `msg` goes to and the record it is stored as (keyed by the stream's
@@ -187,11 +189,30 @@ impl Engine {
     /// acknowledged. The records keep their order, and order with earlier and later batches
     /// as for [`Engine::publish_start`]. One batch is one write, one CRC and one
     /// acknowledgement instead of one each per message.
-    pub fn publish_records_start(&self, pid: usize, records: Vec<log::Record>) -> Result<PendingPublish, EngineError> {
+    ///
+    /// `messages` are the messages the records were made from, in the same order, each with
+    /// its `timestamp` set (so that it equals what the record holds), or empty. On a single
+    /// node they are kept with the batch, and [`MessageTail`]s take them from memory instead
+    /// of reading the batch back (see `tail.rs`).
+    pub fn publish_records_start(
+        &self,
+        pid: usize,
+        records: Vec<log::Record>,
+        messages: Vec<Arc<Message>>,
+    ) -> Result<PendingPublish, EngineError> {
         if let Some(rep) = self.replicator.get() {
             return Ok(PendingPublish::Replicated(rep.publish(pid, records)));
         }
-        Ok(PendingPublish::Local(self.partitions[pid].log.append_start(&records)?))
+        let log = &self.partitions[pid].log;
+        let memo_fits = !messages.is_empty()
+            && messages.len() == records.len()
+            && messages.iter().zip(&records).all(|(m, r)| r.timestamp == Some(m.timestamp));
+        let pending = if memo_fits {
+            log.append_start_with(&records, Arc::new(tail::MessageMemo(messages)))?
+        } else {
+            log.append_start(&records)?
+        };
+        Ok(PendingPublish::Local(pending))
     }
 
     /// Switches the engine to replicated appends. Call once, before serving clients.

@@ -16,6 +16,7 @@ use crate::batch::EncodedBatch;
 use crate::config::LogConfig;
 use crate::error::{LogError, Result};
 use crate::flusher::SyncItem;
+use crate::memo::Memo;
 use crate::partition::PartitionShared;
 use crate::recovery::Checkpoint;
 use crate::replica::SealedBatch;
@@ -127,6 +128,7 @@ impl PartitionWriter {
     pub fn stage(
         &mut self,
         mut batch: EncodedBatch,
+        memo: Option<Memo>,
         reply: oneshot::Sender<Result<Appended>>,
         cfg: &LogConfig,
         now: i64,
@@ -148,6 +150,9 @@ impl PartitionWriter {
         let len = batch.len() as u32;
         let hashes = std::mem::take(&mut batch.key_hashes);
         self.round_index.push((rel, pos, len, batch.first_timestamp, batch.max_timestamp, hashes));
+        if let Some(memo) = memo {
+            self.shared.memos.push(base, count, len as usize, memo);
+        }
         self.round_bufs.push(batch.seal(base, self.epoch));
         self.round_len += u64::from(len);
         self.next_offset += u64::from(count);
@@ -302,6 +307,7 @@ impl PartitionWriter {
         if let Some(first) = self.round_acks.first().map(|a| a.appended.base_offset) {
             self.next_offset = first;
             self.forget_epochs_from(first);
+            self.shared.memos.forget_from(first);
         }
         self.round_bufs.clear();
         self.round_index.clear();

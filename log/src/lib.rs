@@ -31,6 +31,7 @@ mod index;
 mod io;
 mod keys;
 mod latency;
+mod memo;
 mod partition;
 mod reader;
 mod record;
@@ -57,8 +58,9 @@ pub use batch::{
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
+pub use memo::{Memo, MemoBatch, MAX_BYTES as MEMO_MAX_BYTES, MAX_ENTRIES as MEMO_MAX_ENTRIES};
 pub use partition::{Bounds, KeyedRead};
-pub use reader::TailReader;
+pub use reader::{TailChunk, TailReader};
 pub use record::{now_ms, Header, Record, StoredRecord};
 pub use recovery::RecoveryReport;
 pub use segment::Span;
@@ -319,7 +321,7 @@ impl Partition {
         &self.shared.name
     }
 
-    fn submit(&self, records: &[Record]) -> Result<oneshot::Receiver<Result<Appended>>> {
+    fn submit(&self, records: &[Record], memo: Option<Memo>) -> Result<oneshot::Receiver<Result<Appended>>> {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
@@ -328,7 +330,7 @@ impl Partition {
             return Err(LogError::BatchTooLarge { size: batch.len(), max: self.max_batch });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Append { partition: self.index, batch, reply }).map_err(|_| LogError::Closed)?;
+        self.tx.send(Command::Append { partition: self.index, batch, memo, reply }).map_err(|_| LogError::Closed)?;
         Ok(rx)
     }
 
@@ -336,19 +338,27 @@ impl Partition {
     /// order) and returns a future for its acknowledgement. Encoding and queueing happen
     /// before this returns; the future only waits.
     pub fn append_start(&self, records: &[Record]) -> Result<PendingAppend> {
-        Ok(PendingAppend { rx: self.submit(records)? })
+        Ok(PendingAppend { rx: self.submit(records, None)? })
+    }
+
+    /// [`Partition::append_start`] that also files `memo`, the caller's in-memory form of
+    /// `records`, in the partition's memo tail: the [`TailReader`] that reaches the batch
+    /// first with [`TailReader::next_chunk`] takes the memo instead of reading the records
+    /// back. The log never looks inside it; `memo.rs` has the rules and bounds.
+    pub fn append_start_with(&self, records: &[Record], memo: Memo) -> Result<PendingAppend> {
+        Ok(PendingAppend { rx: self.submit(records, Some(memo))? })
     }
 
     /// Appends `records` as one batch. Resolves once the batch is durable under the fsync
     /// policy (and visible to readers), with the offsets it got.
     pub async fn append(&self, records: &[Record]) -> Result<Appended> {
-        let rx = self.submit(records)?;
+        let rx = self.submit(records, None)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
     /// [`Partition::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, records: &[Record]) -> Result<Appended> {
-        let rx = self.submit(records)?;
+        let rx = self.submit(records, None)?;
         futures::executor::block_on(rx).map_err(|_| LogError::Closed)?
     }
 

@@ -27,6 +27,7 @@ use crate::batch::{self, BatchDefect, BatchHeader};
 use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
+use crate::memo::{MemoBatch, MemoTail};
 use crate::record::StoredRecord;
 use crate::segment::{BatchPosition, Segment, Span};
 
@@ -72,6 +73,8 @@ pub struct PartitionShared {
     closed: AtomicBool,
     /// Set by a failed `fdatasync`; the partition then refuses appends until reopened.
     poisoned: parking_lot::Mutex<Option<String>>,
+    /// The appenders' in-memory forms of the newest batches (see `memo.rs`).
+    pub memos: MemoTail,
 }
 
 impl PartitionShared {
@@ -99,7 +102,15 @@ impl PartitionShared {
             epochs: RwLock::new(epochs),
             closed: AtomicBool::new(false),
             poisoned: parking_lot::Mutex::new(None),
+            memos: MemoTail::default(),
         }
+    }
+
+    /// Takes the memo of the batch starting at `offset`, if one is kept and the batch is
+    /// readable (see `memo.rs`).
+    pub fn take_memo(&self, offset: u64) -> Option<MemoBatch> {
+        let b = self.bounds();
+        self.memos.take(offset, b.log_start, b.end)
     }
 
     pub fn bounds(&self) -> Bounds {

@@ -6,9 +6,19 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use crate::error::{LogError, Result};
+use crate::memo::MemoBatch;
 use crate::partition::Bounds;
 use crate::record::StoredRecord;
 use crate::Partition;
+
+/// What [`TailReader::next_chunk`] returns.
+#[derive(Debug)]
+pub enum TailChunk {
+    /// One whole batch, as its appender's memo (`Partition::append_start_with`).
+    Memo(MemoBatch),
+    /// Records read from the file.
+    Records(Vec<StoredRecord>),
+}
 
 /// Reads a partition from a position onwards, waiting at the tail.
 pub struct TailReader {
@@ -47,6 +57,37 @@ impl TailReader {
                 if let Some(last) = records.last() {
                     self.next = last.offset + 1;
                     return Ok(records);
+                }
+            }
+            if self.partition.shared.is_closed() {
+                return Err(LogError::Closed);
+            }
+            if self.end_rx.changed().await.is_err() {
+                return Err(LogError::Closed);
+            }
+        }
+    }
+
+    /// [`TailReader::next_batch`] that takes a batch's memo when the partition keeps one for
+    /// the batch at the reader's position, and reads the file otherwise. Meant for the one
+    /// reader per partition that follows the tail: taking memos retires them (`memo.rs`). Records read from
+    /// the file stop before the next batch that has a memo, so a reader that keeps up reads
+    /// nothing back from the file.
+    pub async fn next_chunk(&mut self) -> Result<TailChunk> {
+        loop {
+            let end = *self.end_rx.borrow_and_update();
+            if self.next < end {
+                if let Some(m) = self.partition.shared.take_memo(self.next) {
+                    self.next = m.base + u64::from(m.count);
+                    return Ok(TailChunk::Memo(m));
+                }
+                let mut records = self.partition.read(self.next, self.max_records, self.max_bytes)?;
+                if let Some(memo_base) = self.partition.shared.memos.next_base_after(self.next) {
+                    records.retain(|r| r.offset < memo_base);
+                }
+                if let Some(last) = records.last() {
+                    self.next = last.offset + 1;
+                    return Ok(TailChunk::Records(records));
                 }
             }
             if self.partition.shared.is_closed() {

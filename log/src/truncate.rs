@@ -57,6 +57,7 @@ impl PartitionWriter {
     fn cut(&mut self, i: usize, pos: u64, to: u64) -> Result<()> {
         let dir = self.shared.dir.clone();
         self.shared.clamp_end(to);
+        self.shared.memos.forget_from(to);
         let seg = self.shared.segments.read()[i].clone();
         Checkpoint::write(
             &dir,

@@ -36,6 +36,7 @@ use crate::config::{FsyncPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::flusher::SyncJob;
 use crate::io::{Backend, DsyncError, WriteOp};
+use crate::memo::Memo;
 use crate::record::now_ms;
 use crate::replica::SealedBatch;
 
@@ -61,6 +62,8 @@ pub enum Command {
     Append {
         partition: usize,
         batch: EncodedBatch,
+        /// The appender's in-memory form of the batch, filed in the partition's memo tail.
+        memo: Option<Memo>,
         reply: oneshot::Sender<Result<Appended>>,
     },
     /// Batches sealed by another node (validated by the caller), appended as they are.
@@ -255,10 +258,10 @@ impl Writer {
     /// the round must end here (a truncation).
     fn take(&mut self, c: Command, controls: &mut Vec<Command>, bytes: &mut usize, now: i64) -> bool {
         match c {
-            Command::Append { partition, batch, reply } => {
+            Command::Append { partition, batch, memo, reply } => {
                 *bytes += batch.len();
                 match self.parts.get_mut(partition) {
-                    Some(p) => p.stage(batch, reply, &self.cfg, now),
+                    Some(p) => p.stage(batch, memo, reply, &self.cfg, now),
                     None => {
                         let _ = reply.send(Err(LogError::UnknownPartition(partition.to_string())));
                     }

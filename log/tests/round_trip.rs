@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use axle_log::{FsyncPolicy, Log, LogConfig, LogError, Record};
+use axle_log::{FsyncPolicy, Log, LogConfig, LogError, Record, TailChunk};
 use common::*;
 
 #[tokio::test]
@@ -146,6 +146,43 @@ async fn tail_readers_wake_on_new_appends() {
         let seen = tokio::time::timeout(Duration::from_secs(30), h).await.unwrap().unwrap();
         assert_eq!(seen, (0..300).collect::<Vec<_>>());
     }
+}
+
+#[tokio::test]
+async fn the_tail_reader_takes_memos_and_reads_only_batches_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(BACKENDS[0]));
+    let p = log.partition("p").unwrap();
+    let memo = |tag: &'static str| -> axle_log::Memo { std::sync::Arc::new(tag) };
+    p.append_start_with(&[rec(0), rec(1)], memo("a")).unwrap().await.unwrap();
+    p.append(&[rec(2), rec(3), rec(4)]).await.unwrap();
+    p.append_start_with(&[rec(5)], memo("c")).unwrap().await.unwrap();
+    let mut r = p.tail(0);
+    let mut chunks = Vec::new();
+    while r.position() < 6 {
+        chunks.push(match r.next_chunk().await.unwrap() {
+            TailChunk::Memo(m) => format!("memo {} x{} {}", m.base, m.count, m.memo.downcast::<&str>().unwrap()),
+            TailChunk::Records(v) => format!("records {:?}", v.iter().map(|r| r.offset).collect::<Vec<_>>()),
+        });
+    }
+    assert_eq!(chunks, ["memo 0 x2 a", "records [2, 3, 4]", "memo 5 x1 c"]);
+    // Plain reads are unaffected by memos: the records are in the file.
+    assert_holds_recs(&p, 0, 6);
+    // A memo is taken once: a second reader reads the same batches from the file.
+    let mut r = p.tail(0);
+    match r.next_chunk().await.unwrap() {
+        TailChunk::Records(v) => assert_eq!(v.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]),
+        other => panic!("expected records, got {other:?}"),
+    }
+    // A reader that starts inside a memo'd batch reads it from the file, up to the next memo.
+    p.append_start_with(&[rec(6), rec(7)], memo("d")).unwrap().await.unwrap();
+    p.append_start_with(&[rec(8)], memo("e")).unwrap().await.unwrap();
+    let mut r = p.tail(7);
+    match r.next_chunk().await.unwrap() {
+        TailChunk::Records(v) => assert_eq!(v.iter().map(|r| r.offset).collect::<Vec<_>>(), [7]),
+        other => panic!("expected records, got {other:?}"),
+    }
+    assert!(matches!(r.next_chunk().await.unwrap(), TailChunk::Memo(m) if m.base == 8));
 }
 
 #[tokio::test]

@@ -215,6 +215,20 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
     let started = Instant::now();
     let start_ns = shared.base.elapsed().as_nanos() as u64;
     start_tx.send(true).context("starting the publishers")?;
+    // `AXLE_LOAD_TRACE=1` prints the messages received in each second of the run, to show
+    // whether delivery keeps pace with ingest or drains a backlog afterwards.
+    let trace = std::env::var_os("AXLE_LOAD_TRACE").is_some().then(|| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut prev = 0;
+            for s in 1.. {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = shared.received.load(Ordering::Relaxed);
+                eprintln!("    t={s:>3} s received {:>8} in the last second, {now} in all", now - prev);
+                prev = now;
+            }
+        })
+    });
     let mut lat = Vec::with_capacity(total as usize);
     let (mut last_sent, mut last_ack) = (started, started);
     let mut first_err = None;
@@ -245,6 +259,9 @@ pub async fn run_at(p: FanInParams, targets: Option<Targets>) -> anyhow::Result<
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(t) = trace {
+        t.abort();
     }
     // A late duplicate would show up right after the last message: give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;

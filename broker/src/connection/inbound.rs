@@ -16,7 +16,10 @@
 //! - No acknowledgement leaves before its message is durable: the batch's future resolves only
 //!   once the whole batch is.
 
+use std::sync::Arc;
+
 use axle_engine::log::Record;
+use axle_engine::Message;
 use bytes::BytesMut;
 
 use super::{Connection, End, Inbound};
@@ -32,6 +35,9 @@ pub(super) const MAX_BYTES: usize = 256 * 1024;
 pub(super) struct Staged {
     pid: usize,
     records: Vec<Record>,
+    /// The messages `records` were made from, kept with the batch for the hub's live path
+    /// (`axle_engine::MessageTail`).
+    messages: Vec<Arc<Message>>,
     /// (packet id, QoS) of the QoS 1/2 messages, in arrival order.
     acks: Vec<(u16, u8)>,
     /// QoS 0 messages among `records`: counted as dropped if the append fails.
@@ -40,9 +46,17 @@ pub(super) struct Staged {
 }
 
 impl Connection {
-    /// Stages `record` for partition `pid`; queues the staged batch first if it cannot join
-    /// it. `size` is the message's payload and topic bytes.
-    pub(super) fn stage(&mut self, pid: usize, record: Record, size: usize, packet_id: u16, qos: u8) {
+    /// Stages `record`, made from `msg`, for partition `pid`; queues the staged batch first
+    /// if it cannot join it. `size` is the message's payload and topic bytes.
+    pub(super) fn stage(
+        &mut self,
+        pid: usize,
+        record: Record,
+        msg: Arc<Message>,
+        size: usize,
+        packet_id: u16,
+        qos: u8,
+    ) {
         let joins = self.staged.records.is_empty()
             || (self.staged.pid == pid
                 && self.staged.records.len() < MAX_RECORDS
@@ -53,6 +67,7 @@ impl Connection {
         let s = &mut self.staged;
         s.pid = pid;
         s.records.push(record);
+        s.messages.push(msg);
         s.bytes += size;
         if qos > 0 {
             s.acks.push((packet_id, qos));
@@ -68,8 +83,8 @@ impl Connection {
         if self.staged.records.is_empty() {
             return;
         }
-        let Staged { pid, records, acks, qos0, .. } = std::mem::take(&mut self.staged);
-        let fut: super::Pending = match self.hub.engine.publish_records_start(pid, records) {
+        let Staged { pid, records, messages, acks, qos0, .. } = std::mem::take(&mut self.staged);
+        let fut: super::Pending = match self.hub.engine.publish_records_start(pid, records, messages) {
             Ok(fut) => {
                 Box::pin(
                     async move { Inbound { acks, qos0, result: fut.await.map(|_| ()).map_err(|e| e.to_string()) } },
