@@ -211,7 +211,9 @@ impl SharedGroups {
             while me.shared_credit.load(Ordering::Acquire) > 0 {
                 let Some(lag) = g.lag.get(&pid).copied() else { break };
                 let want = (me.shared_credit.load(Ordering::Acquire).max(0) as usize).clamp(PULL_MIN, PULL_MAX);
-                let records = match part.read(lag.from, want, 1 << 20) {
+                // (offset, message) of each record read; `None` for records that are not
+                // messages. Built straight from the read buffer (no intermediate record).
+                let records = match part.read_map(lag.from, want, 1 << 20, |r| (r.offset, Message::from_view(&r))) {
                     Ok(r) => r,
                     Err(axle_engine::log::LogError::OffsetOutOfRange { log_start, end, .. }) => {
                         let to = if lag.from < log_start { log_start } else { end };
@@ -229,9 +231,9 @@ impl SharedGroups {
                 let complete = records.len() < want;
                 let mut from = lag.from;
                 let mut stopped = false;
-                for r in records {
-                    let Some(m) = Message::from_record(&r) else {
-                        from = r.offset + 1;
+                for (offset, m) in records {
+                    let Some(m) = m else {
+                        from = offset + 1;
                         continue;
                     };
                     let wanted = axle_engine::topic::matches(filter, &m.topic) && m.expires_at.is_none_or(|x| x > now);
@@ -242,13 +244,13 @@ impl SharedGroups {
                         }
                         out.push(Delivery {
                             pid,
-                            offset: r.offset,
+                            offset,
                             prev_end: UNKNOWN,
                             msg: Arc::new(m),
                             shared: Some(shared_key.clone()),
                         });
                     }
-                    from = r.offset + 1;
+                    from = offset + 1;
                 }
                 if !stopped && complete && lag.seen_upto <= from {
                     // Caught up with the dispatcher: records from `from` on are live again.

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use axle_log::{Header, Record, StoredRecord};
+use axle_log::{Header, Record, RecordView, StoredRecord};
 
 /// A message on its way into or out of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,29 +71,48 @@ impl Message {
 
     /// The message a record holds; `None` if it lacks a topic (not written by the engine).
     pub fn from_record(r: &StoredRecord) -> Option<Message> {
-        let mut m = Message { payload: r.value.clone(), timestamp: r.timestamp, ..Message::default() };
-        let text = |v: &Bytes| String::from_utf8(v.to_vec()).ok();
+        let headers = r.headers.iter().map(|h| (h.key.as_str(), h.value.as_ref()));
+        Message::from_parts(r.value.clone(), r.timestamp, headers, Bytes::copy_from_slice)
+    }
+
+    /// [`Message::from_record`] of a record still inside its batch (`Partition::read_map`):
+    /// the payload shares the read buffer, and no header is copied out except into the
+    /// message's own fields.
+    pub fn from_view(r: &RecordView<'_>) -> Option<Message> {
+        Message::from_parts(r.share(r.value()), r.timestamp, r.headers(), |v| r.share(v))
+    }
+
+    /// The message of a record with `payload`, `timestamp` and `headers`; `bytes` makes a
+    /// header value into an owned buffer.
+    fn from_parts<'h>(
+        payload: Bytes,
+        timestamp: i64,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+        bytes: impl Fn(&'h [u8]) -> Bytes,
+    ) -> Option<Message> {
+        let mut m = Message { payload, timestamp, ..Message::default() };
+        let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_owned);
         let mut has_topic = false;
-        for h in &r.headers {
-            match h.key.as_str() {
+        for (k, v) in headers {
+            match k {
                 "t" => {
-                    m.topic = text(&h.value)?;
+                    m.topic = text(v)?;
                     has_topic = true;
                 }
-                "c" => m.publisher = text(&h.value)?,
-                "q" => m.qos = h.value.first().copied().filter(|q| *q <= 2)?,
+                "c" => m.publisher = text(v)?,
+                "q" => m.qos = v.first().copied().filter(|q| *q <= 2)?,
                 "r" => m.retain = true,
-                "pf" => m.payload_format_utf8 = h.value.first().map(|b| *b == 1),
+                "pf" => m.payload_format_utf8 = v.first().map(|b| *b == 1),
                 "x" => {
-                    let b: [u8; 8] = h.value.as_ref().try_into().ok()?;
+                    let b: [u8; 8] = v.try_into().ok()?;
                     m.expires_at = Some(i64::from_le_bytes(b));
                 }
-                "ct" => m.content_type = text(&h.value),
-                "rt" => m.response_topic = text(&h.value),
-                "cd" => m.correlation_data = Some(h.value.clone()),
+                "ct" => m.content_type = text(v),
+                "rt" => m.response_topic = text(v),
+                "cd" => m.correlation_data = Some(bytes(v)),
                 k => {
                     if let Some(name) = k.strip_prefix("u.") {
-                        m.user_properties.push((name.to_string(), text(&h.value)?));
+                        m.user_properties.push((name.to_string(), text(v)?));
                     }
                 }
             }
@@ -183,6 +202,13 @@ mod tests {
             leader_epoch: 0,
         };
         assert_eq!(Message::from_record(&stored), Some(m.clone()));
+        // The same record read in place from its batch.
+        let dir = tempfile::tempdir().unwrap();
+        let log = axle_log::Log::open(dir.path(), axle_log::LogConfig::default()).unwrap();
+        let part = log.partition("p").unwrap();
+        part.append_blocking(std::slice::from_ref(&rec)).unwrap();
+        let viewed = part.read_map(0, 10, usize::MAX, |r| Message::from_view(&r)).unwrap();
+        assert_eq!(viewed, [Some(m.clone())]);
         let bytes = m.encode_bytes();
         assert_eq!(Message::decode_bytes(&bytes), Some(m));
         assert_eq!(Message::decode_bytes(&bytes[..bytes.len() - 1]), None);

@@ -29,7 +29,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::record::{now_ms, Header, Record, StoredRecord};
+#[cfg(test)]
+use crate::record::Header;
+use crate::record::{now_ms, Record, RecordView, StoredRecord};
 
 /// Size of the batch header in bytes.
 pub const HEADER_LEN: usize = 48;
@@ -277,6 +279,23 @@ impl EncodedBatch {
 pub fn decode_records(batch: &Bytes, header: &BatchHeader) -> Result<Vec<StoredRecord>, BatchDefect> {
     // Each record takes at least 6 bytes, so the batch length bounds the allocation.
     let mut out = Vec::with_capacity((header.record_count as usize).min(batch.len() / 6));
+    for_each_record(batch, header, |r| {
+        out.push(r.to_stored());
+        true
+    })?;
+    Ok(out)
+}
+
+/// Walks the records of a verified batch (as [`decode_records`]) without building them:
+/// `f` sees each record as a [`RecordView`] borrowed from `batch`, in offset order, and
+/// returns whether to go on. No allocation per record. A defect found in record `n` is
+/// returned after `f` has seen records `0..n`; callers that must not act on part of a
+/// damaged batch collect first and drop what they collected on error.
+pub fn for_each_record<'a>(
+    batch: &'a Bytes,
+    header: &BatchHeader,
+    mut f: impl FnMut(RecordView<'a>) -> bool,
+) -> Result<(), BatchDefect> {
     let mut pos = HEADER_LEN;
     let end = batch.len();
     for expected_delta in 0..header.record_count as u64 {
@@ -298,37 +317,43 @@ pub fn decode_records(batch: &Bytes, header: &BatchHeader) -> Result<Vec<StoredR
         if header_count > body_len as u64 {
             return Err(BatchDefect::BadRecords("header count exceeds record size"));
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        let headers_start = pos;
         for _ in 0..header_count {
             let kl = get_varint(batch, &mut pos)? as usize;
             let k = take(batch, &mut pos, kl, body_end)?;
-            let key = String::from_utf8(k.to_vec()).map_err(|_| BatchDefect::BadRecords("header name is not UTF-8"))?;
+            if std::str::from_utf8(k).is_err() {
+                return Err(BatchDefect::BadRecords("header name is not UTF-8"));
+            }
             let vl = get_varint(batch, &mut pos)? as usize;
-            let value = take(batch, &mut pos, vl, body_end)?;
-            headers.push(Header { key, value });
+            take(batch, &mut pos, vl, body_end)?;
         }
         if pos != body_end {
             return Err(BatchDefect::BadRecords("record length does not match its fields"));
         }
-        out.push(StoredRecord {
+        let view = RecordView {
             offset: header.base_offset + expected_delta,
             timestamp: header.first_timestamp.wrapping_add(ts_delta),
+            leader_epoch: header.leader_epoch,
+            batch,
             key,
             value,
-            headers,
-            leader_epoch: header.leader_epoch,
-        });
+            headers: &batch[headers_start..body_end],
+            header_count: header_count as usize,
+        };
+        if !f(view) {
+            return Ok(());
+        }
     }
     if pos != end {
         return Err(BatchDefect::BadRecords("trailing bytes after the last record"));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn take(buf: &Bytes, pos: &mut usize, len: usize, limit: usize) -> Result<Bytes, BatchDefect> {
+fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize, limit: usize) -> Result<&'a [u8], BatchDefect> {
     let end =
         pos.checked_add(len).filter(|e| *e <= limit).ok_or(BatchDefect::BadRecords("field runs past its record"))?;
-    let out = buf.slice(*pos..end);
+    let out = &buf[*pos..end];
     *pos = end;
     Ok(out)
 }
@@ -346,7 +371,7 @@ fn varint_len(v: u64) -> usize {
     bits.div_ceil(7)
 }
 
-fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, BatchDefect> {
+pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, BatchDefect> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*pos).ok_or(BatchDefect::BadRecords("varint runs past the batch"))?;

@@ -53,7 +53,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 pub use batch::{
-    decode_records, verify as verify_batch, BatchDefect, BatchHeader, EncodedBatch, HEADER_LEN as BATCH_HEADER_LEN,
+    decode_records, for_each_record, verify as verify_batch, BatchDefect, BatchHeader, EncodedBatch,
+    HEADER_LEN as BATCH_HEADER_LEN,
 };
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
@@ -61,7 +62,7 @@ pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
 pub use memo::{Memo, MemoBatch, MAX_BYTES as MEMO_MAX_BYTES, MAX_ENTRIES as MEMO_MAX_ENTRIES};
 pub use partition::{Bounds, KeyedRead};
 pub use reader::{TailChunk, TailReader};
-pub use record::{now_ms, Header, Record, StoredRecord};
+pub use record::{now_ms, Header, HeaderIter, Record, RecordView, StoredRecord};
 pub use recovery::RecoveryReport;
 pub use segment::Span;
 pub use writer::{Appended, WriterStats};
@@ -366,6 +367,20 @@ impl Partition {
     /// records, and stops once keys and values reach `max_bytes` (at least one is returned).
     pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
         self.shared.read(offset, max_records, max_bytes)
+    }
+
+    /// [`Partition::read`] that hands each record to `f` as a [`RecordView`] borrowed from
+    /// the read buffer, and returns what `f` made of them: no record is built unless `f`
+    /// builds it. Limits count every record read, whatever `f` returns. On an error nothing
+    /// is returned, although `f` may have seen some records.
+    pub fn read_map<T>(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        f: impl FnMut(RecordView<'_>) -> T,
+    ) -> Result<Vec<T>> {
+        self.shared.read_map(offset, max_records, max_bytes, f)
     }
 
     /// Whole record batches as stored (format: `docs/log-format.md`), in one buffer read with

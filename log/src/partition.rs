@@ -28,7 +28,7 @@ use crate::config::LogConfig;
 use crate::epochs::EpochCache;
 use crate::error::{LogError, Result};
 use crate::memo::{MemoBatch, MemoTail};
-use crate::record::StoredRecord;
+use crate::record::{RecordView, StoredRecord};
 use crate::segment::{BatchPosition, Segment, Span};
 
 /// What [`PartitionShared::read_key`] found.
@@ -234,6 +234,17 @@ impl PartitionShared {
     /// `offset == end`, and offsets above the high watermark up to `log_end`, return nothing;
     /// otherwise outside `log_start..=end` is `OffsetOutOfRange`.
     pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>> {
+        self.read_map(offset, max_records, max_bytes, |r| r.to_stored())
+    }
+
+    /// [`Self::read`] through `f` (see `Partition::read_map`).
+    pub fn read_map<T>(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(RecordView<'_>) -> T,
+    ) -> Result<Vec<T>> {
         let b = self.bounds();
         if offset < b.log_start {
             return Err(self.out_of_range(offset, b));
@@ -250,22 +261,25 @@ impl PartitionShared {
             if header.next_offset() <= offset {
                 return Ok(true);
             }
-            let records = batch::decode_records(&data, &header).map_err(|d| LogError::CorruptBatch {
+            let mut full = false;
+            batch::for_each_record(&data, &header, |r| {
+                if r.offset < offset {
+                    return true;
+                }
+                if r.offset >= b.end || out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
+                    full = true;
+                    return false;
+                }
+                bytes += r.value().len() + r.key().map_or(0, <[u8]>::len);
+                out.push(f(r));
+                true
+            })
+            .map_err(|d| LogError::CorruptBatch {
                 path: self.dir.clone(),
                 position: 0,
                 reason: format!("batch at offset {}: {d}", header.base_offset),
             })?;
-            for r in records {
-                if r.offset < offset {
-                    continue;
-                }
-                if r.offset >= b.end || out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
-                    return Ok(false);
-                }
-                bytes += r.value.len() + r.key.as_ref().map_or(0, Bytes::len);
-                out.push(r);
-            }
-            Ok(out.len() < max_records && bytes < max_bytes)
+            Ok(!full && out.len() < max_records && bytes < max_bytes)
         })?;
         Ok(out)
     }

@@ -322,3 +322,39 @@ async fn bad_appends_and_names_are_refused() {
     assert!(matches!(p.append(&[Record::new(vec![0u8; 2000])]).await, Err(LogError::BatchTooLarge { .. })));
     assert!(Log::open(dir.path(), config(BACKENDS[0])).is_err(), "a second opener is refused by the lock");
 }
+
+#[tokio::test]
+async fn read_map_sees_the_records_read_returns_within_the_same_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(BACKENDS[0]));
+    let p = log.partition("p").unwrap();
+    for chunk in (0..40u64).collect::<Vec<_>>().chunks(7) {
+        p.append(&chunk.iter().map(|i| rec(*i)).collect::<Vec<_>>()).await.unwrap();
+    }
+    for (from, max_records, max_bytes) in
+        [(0, 100, usize::MAX), (3, 10, usize::MAX), (12, 100, 200), (39, 5, 1), (40, 5, 1)]
+    {
+        let read = p.read(from, max_records, max_bytes).unwrap();
+        let mapped = p.read_map(from, max_records, max_bytes, |r| r.to_stored()).unwrap();
+        assert_eq!(mapped, read, "from {from}, {max_records} records, {max_bytes} bytes");
+        let views = p
+            .read_map(from, max_records, max_bytes, |r| {
+                let headers: Vec<(String, Vec<u8>)> = r.headers().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+                (r.offset, r.value().to_vec(), r.key().map(<[u8]>::to_vec), headers)
+            })
+            .unwrap();
+        assert_eq!(views.len(), read.len());
+        for (v, r) in views.iter().zip(&read) {
+            assert_eq!(v.0, r.offset);
+            assert_eq!(v.1, r.value.to_vec());
+            assert_eq!(v.2, r.key.as_ref().map(|k| k.to_vec()));
+            assert_eq!(v.3, [("n".to_string(), r.offset.to_string().into_bytes())]);
+        }
+    }
+    // Bounds errors are those of `read`.
+    assert!(matches!(p.read_map(41, 5, 1, |r| r.offset), Err(LogError::OffsetOutOfRange { .. })));
+    // `share` copies bytes that are not from the record's batch.
+    let foreign = b"elsewhere".to_vec();
+    let shared = p.read_map(0, 1, usize::MAX, |r| r.share(&foreign)).unwrap();
+    assert_eq!(shared[0].as_ref(), b"elsewhere");
+}
