@@ -213,7 +213,9 @@ impl SharedGroups {
                 let want = (me.shared_credit.load(Ordering::Acquire).max(0) as usize).clamp(PULL_MIN, PULL_MAX);
                 // (offset, message) of each record read; `None` for records that are not
                 // messages. Built straight from the read buffer (no intermediate record).
-                let records = match part.read_map(lag.from, want, 1 << 20, |r| (r.offset, Message::from_view(&r))) {
+                let records = match part
+                    .read_map(lag.from, want, 1 << 20, |r| (r.offset, Message::from_view(&r).map(Arc::new)))
+                {
                     Ok(r) => r,
                     Err(axle_engine::log::LogError::OffsetOutOfRange { log_start, end, .. }) => {
                         let to = if lag.from < log_start { log_start } else { end };
@@ -242,13 +244,7 @@ impl SharedGroups {
                             stopped = true;
                             break;
                         }
-                        out.push(Delivery {
-                            pid,
-                            offset,
-                            prev_end: UNKNOWN,
-                            msg: Arc::new(m),
-                            shared: Some(shared_key.clone()),
-                        });
+                        out.push(Delivery { pid, offset, prev_end: UNKNOWN, msg: m, shared: Some(shared_key.clone()) });
                     }
                     from = offset + 1;
                 }
