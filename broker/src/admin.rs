@@ -10,16 +10,10 @@ use axle_broker::auth::bans::{Ban, BanTarget, Bans};
 use axle_broker::auth::users::Users;
 use axle_broker::auth::{now_ms, open_offline};
 use axle_broker::cli::{BanCommand, BanTargetArgs, StoreArgs, UserCommand};
-use axle_broker::config::Config;
 use axle_engine::MetaStore;
 
 fn open(store: &StoreArgs) -> anyhow::Result<Arc<MetaStore>> {
-    let data_dir = match (&store.data_dir, &store.config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => Config::load(c)?.data_dir,
-        (None, None) => Config::default().data_dir,
-    };
-    Ok(open_offline(&data_dir)?)
+    Ok(open_offline(&store.load_config()?.data_dir)?)
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {

@@ -79,6 +79,20 @@ pub struct StoreArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+impl StoreArgs {
+    /// What every command that opens the data directory runs on: the `--config` file (or the
+    /// defaults) with the `AXLE_…` environment overrides, then `--data-dir`. One loader, so
+    /// that `serve`, `export`, `query`, `user` and `ban` never disagree about the data
+    /// directory or the streams.
+    pub fn load_config(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let mut cfg = crate::config::Config::load_with_env(self.config.as_deref(), std::env::vars())?;
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        Ok(cfg)
+    }
+}
+
 /// [`StoreArgs`] and where the exported Parquet files are, for `export` and `query`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportFilesArgs {

@@ -10,15 +10,9 @@ use axle_broker::cli::{ExportArgs, ExportFilesArgs, QueryArgs};
 use axle_broker::config::Config;
 use axle_engine::{Engine, EngineConfig};
 
-/// The configuration file (or the defaults) with `--data-dir` and `--export-dir` applied.
+/// The configuration (`StoreArgs::load_config`) with `--export-dir` applied.
 fn load_config(args: &ExportFilesArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.store.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    if let Some(d) = &args.store.data_dir {
-        cfg.data_dir = d.clone();
-    }
+    let mut cfg = args.store.load_config()?;
     if let Some(d) = &args.export_dir {
         cfg.export.dir = Some(d.clone());
     }

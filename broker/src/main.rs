@@ -93,13 +93,7 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.store.config {
-        Some(p) => Config::load(p)?,
-        None => Config::from_env()?,
-    };
-    if let Some(d) = &args.store.data_dir {
-        cfg.data_dir = d.clone();
-    }
+    let mut cfg = args.store.load_config()?;
     if let Some(f) = &args.fsync {
         // Name the flag, not the config key, when the flag's value is the bad one.
         f.parse::<axle_log::FsyncPolicy>().map_err(|e| anyhow::anyhow!("--fsync {f:?}: {e}"))?;

@@ -357,6 +357,30 @@ async fn an_environment_override_changes_the_running_broker() {
     assert_eq!(granted, Some(30));
 }
 
+#[test]
+fn offline_commands_read_the_same_environment_overrides_as_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let exports = dir.path().join("elsewhere");
+    std::fs::create_dir_all(exports.join("telemetry")).unwrap();
+    let run = |args: &[&str], var: (&str, &str)| {
+        Command::new(axle_bin()).args(args).arg("--data-dir").arg(&data).env(var.0, var.1).output().unwrap()
+    };
+    // Without --config, `query`, `export` and `user` apply AXLE_… overrides as `serve` does:
+    // a bad one is refused, naming the variable, instead of being ignored.
+    for args in [&["query", "SELECT 1"][..], &["export"], &["user", "list"]] {
+        let out = run(args, ("AXLE_MQTT__NO_SUCH_KEY", "1"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("no_such_key"), "{args:?}: {err}");
+    }
+    // A good one takes effect: `axle query` looks under the overridden export root (empty
+    // here, so it says so, naming that directory rather than <data dir>/export).
+    let out = run(&["query", "SELECT 1"], ("AXLE_EXPORT__DIR", exports.to_str().unwrap()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("elsewhere") && !err.contains("data/export"), "{err}");
+}
+
 fn wait_port(log: &std::path::Path) -> u16 {
     let start = std::time::Instant::now();
     while start.elapsed() < WAIT {
