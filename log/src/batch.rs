@@ -330,8 +330,13 @@ pub fn for_each_record<'a>(
         if pos != body_end {
             return Err(BatchDefect::BadRecords("record length does not match its fields"));
         }
+        // The base offset is outside the CRC: a damaged one must not overflow.
+        let offset = header
+            .base_offset
+            .checked_add(expected_delta)
+            .ok_or(BatchDefect::BadRecords("record offset overflows (damaged base offset)"))?;
         let view = RecordView {
-            offset: header.base_offset + expected_delta,
+            offset,
             timestamp: header.first_timestamp.wrapping_add(ts_delta),
             leader_epoch: header.leader_epoch,
             batch,
@@ -458,6 +463,14 @@ mod tests {
                 let _ = decode_records(&bytes, &h);
             }
         }
+    }
+
+    #[test]
+    fn a_base_offset_that_would_overflow_is_a_defect_not_a_panic() {
+        let records = [Record::new("a"), Record::new("b")];
+        let bytes = EncodedBatch::encode(&records).seal(u64::MAX, 0);
+        let header = verify(&bytes, usize::MAX).expect("the CRC does not cover the base offset");
+        assert!(matches!(decode_records(&bytes, &header), Err(BatchDefect::BadRecords(_))));
     }
 
     #[test]

@@ -372,7 +372,9 @@ impl Partition {
     /// [`Partition::read`] that hands each record to `f` as a [`RecordView`] borrowed from
     /// the read buffer, and returns what `f` made of them: no record is built unless `f`
     /// builds it. Limits count every record read, whatever `f` returns. On an error nothing
-    /// is returned, although `f` may have seen some records.
+    /// is returned, although `f` may have seen some records. Every record handed to `f` is
+    /// fully validated; records of a batch past the last one needed are not parsed (its CRC
+    /// was checked), so a read that stops early does not report a defect further on.
     pub fn read_map<T>(
         &self,
         offset: u64,
