@@ -33,11 +33,6 @@ impl MessageTail {
         MessageTail { partition, reader }
     }
 
-    /// Offset of the next record.
-    pub fn position(&self) -> u64 {
-        self.reader.position()
-    }
-
     /// The next messages, waiting until at least one record is available (the result is
     /// empty only if none of the records read was a message).
     pub async fn next(&mut self) -> Result<Vec<(u64, Arc<Message>)>, LogError> {

@@ -59,7 +59,7 @@ pub use batch::{
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
-pub use memo::{Memo, MemoBatch, MAX_BYTES as MEMO_MAX_BYTES, MAX_ENTRIES as MEMO_MAX_ENTRIES};
+pub use memo::{Memo, MemoBatch};
 pub use partition::{Bounds, KeyedRead};
 pub use reader::{TailChunk, TailReader};
 pub use record::{now_ms, Header, HeaderIter, Record, RecordView, StoredRecord};
