@@ -5,6 +5,7 @@
 //! in topics and messages, never in MQTT packets, and never touches segment files: those
 //! belong to `axle-log`.
 
+pub mod batch;
 pub mod cluster;
 pub mod groups;
 pub mod journal;
@@ -23,6 +24,7 @@ use std::task::{Context, Poll};
 
 pub use axle_log as log;
 use axle_log::{Log, LogConfig};
+pub use batch::MessageBatch;
 pub use message::Message;
 pub use meta::{MetaError, MetaOp, MetaStore};
 pub use stream::{PartitionKey, StreamConfig, StreamSet};

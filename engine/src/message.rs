@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use axle_log::{Header, Record, RecordView, StoredRecord};
+use axle_log::{BatchBuilder, Header, Record, RecordView, StoredRecord};
 
 /// A message on its way into or out of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -35,38 +35,56 @@ pub struct Message {
 impl Message {
     /// The record to append, with `key` as its partition key.
     pub fn to_record(&self, key: &str) -> Record {
-        let mut headers = Vec::with_capacity(4 + self.user_properties.len());
-        let h = |k: &str, v: Bytes| Header { key: k.to_string(), value: v };
-        headers.push(h("t", Bytes::copy_from_slice(self.topic.as_bytes())));
-        headers.push(h("c", Bytes::copy_from_slice(self.publisher.as_bytes())));
-        headers.push(h("q", Bytes::copy_from_slice(&[self.qos])));
-        if self.retain {
-            headers.push(h("r", Bytes::new()));
-        }
-        if let Some(f) = self.payload_format_utf8 {
-            headers.push(h("pf", Bytes::copy_from_slice(&[u8::from(f)])));
-        }
-        if let Some(x) = self.expires_at {
-            headers.push(h("x", Bytes::copy_from_slice(&x.to_le_bytes())));
-        }
-        if let Some(ct) = &self.content_type {
-            headers.push(h("ct", Bytes::copy_from_slice(ct.as_bytes())));
-        }
-        if let Some(rt) = &self.response_topic {
-            headers.push(h("rt", Bytes::copy_from_slice(rt.as_bytes())));
-        }
-        if let Some(cd) = &self.correlation_data {
-            headers.push(h("cd", cd.clone()));
-        }
-        for (k, v) in &self.user_properties {
-            headers.push(Header { key: format!("u.{k}"), value: Bytes::copy_from_slice(v.as_bytes()) });
-        }
+        let headers = self.with_headers(|hs| {
+            hs.iter().map(|(k, v)| Header { key: (*k).to_string(), value: Bytes::copy_from_slice(v) }).collect()
+        });
         Record {
             timestamp: (self.timestamp != 0).then_some(self.timestamp),
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
             value: self.payload.clone(),
             headers,
         }
+    }
+
+    /// Encodes the record [`Message::to_record`] would make straight into `batch`, without
+    /// the record: no header name or value is allocated on the way (user properties aside,
+    /// whose `u.` names are formatted). A zero timestamp is written as `now` (ms).
+    pub fn push_to(&self, key: &str, now: i64, batch: &mut BatchBuilder) {
+        let ts = if self.timestamp != 0 { self.timestamp } else { now };
+        self.with_headers(|hs| batch.push(ts, Some(key.as_bytes()), &self.payload, hs.iter().copied()));
+    }
+
+    /// Calls `f` with the record's headers (module documentation) as (name, value) pairs,
+    /// built on the stack unless the message has user properties.
+    fn with_headers<R>(&self, f: impl FnOnce(&[(&str, &[u8])]) -> R) -> R {
+        let qos = [self.qos];
+        let pf = self.payload_format_utf8.map(|f| [u8::from(f)]);
+        let expiry = self.expires_at.map(i64::to_le_bytes);
+        // The three fixed headers and at most six optional ones.
+        let mut hs: [(&str, &[u8]); 9] = [("", &[]); 9];
+        hs[0] = ("t", self.topic.as_bytes());
+        hs[1] = ("c", self.publisher.as_bytes());
+        hs[2] = ("q", &qos);
+        let mut n = 3;
+        let optional = [
+            self.retain.then_some(("r", &[][..])),
+            pf.as_ref().map(|b| ("pf", &b[..])),
+            expiry.as_ref().map(|b| ("x", &b[..])),
+            self.content_type.as_deref().map(|v| ("ct", v.as_bytes())),
+            self.response_topic.as_deref().map(|v| ("rt", v.as_bytes())),
+            self.correlation_data.as_deref().map(|v| ("cd", v)),
+        ];
+        for h in optional.into_iter().flatten() {
+            hs[n] = h;
+            n += 1;
+        }
+        if self.user_properties.is_empty() {
+            return f(&hs[..n]);
+        }
+        let names: Vec<String> = self.user_properties.iter().map(|(k, _)| format!("u.{k}")).collect();
+        let mut all = hs[..n].to_vec();
+        all.extend(names.iter().zip(&self.user_properties).map(|(k, (_, v))| (k.as_str(), v.as_bytes())));
+        f(&all)
     }
 
     /// The message a record holds; `None` if it lacks a topic (not written by the engine).
@@ -212,5 +230,30 @@ mod tests {
         let bytes = m.encode_bytes();
         assert_eq!(Message::decode_bytes(&bytes), Some(m));
         assert_eq!(Message::decode_bytes(&bytes[..bytes.len() - 1]), None);
+    }
+
+    #[test]
+    fn a_message_pushed_into_a_batch_encodes_as_its_record_does() {
+        let full = Message {
+            topic: "v/VIN1/cmd".into(),
+            payload: Bytes::from_static(b"{}"),
+            qos: 1,
+            retain: true,
+            publisher: "tsp-1".into(),
+            payload_format_utf8: Some(false),
+            expires_at: Some(1_900_000_000_000),
+            content_type: Some("application/json".into()),
+            response_topic: Some("r".into()),
+            correlation_data: Some(Bytes::from_static(b"\x01")),
+            user_properties: vec![("k".into(), "v".into())],
+            timestamp: 1_800_000_000_000,
+        };
+        let bare = Message { topic: "a".into(), timestamp: 1_800_000_000_001, ..Message::default() };
+        let mut built = BatchBuilder::default();
+        full.push_to("v/VIN1", 0, &mut built);
+        bare.push_to("", 0, &mut built);
+        let built = built.finish().expect("two records");
+        let encoded = axle_log::EncodedBatch::encode(&[full.to_record("v/VIN1"), bare.to_record("")]);
+        assert_eq!(built.as_bytes(), encoded.as_bytes());
     }
 }

@@ -29,6 +29,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::builder::BatchBuilder;
 #[cfg(test)]
 use crate::record::Header;
 use crate::record::{now_ms, Record, RecordView, StoredRecord};
@@ -41,7 +42,7 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"AXLB");
 pub const VERSION: u8 = 1;
 /// Byte position of the magic inside the header.
 pub const MAGIC_POS: usize = 16;
-const CRC_START: usize = 24;
+pub(crate) const CRC_START: usize = 24;
 
 /// Why bytes could not be taken as a batch. Kept as a plain enum so that recovery can tell
 /// "no batch starts here" from "a batch starts here but is damaged".
@@ -189,9 +190,6 @@ impl EncodedBatch {
     /// Records without a timestamp get the current time.
     pub fn encode(records: &[Record]) -> EncodedBatch {
         let now = now_ms();
-        let ts = |r: &Record| r.timestamp.unwrap_or(now);
-        let first_timestamp = records.first().map(ts).unwrap_or(now);
-        let max_timestamp = records.iter().map(ts).max().unwrap_or(now);
         let body_estimate: usize = records
             .iter()
             .map(|r| {
@@ -200,60 +198,22 @@ impl EncodedBatch {
                     + r.headers.iter().map(|h| 10 + h.key.len() + h.value.len()).sum::<usize>()
             })
             .sum();
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + body_estimate);
-        buf.put_bytes(0, HEADER_LEN);
-        for (i, r) in records.iter().enumerate() {
-            let ts_delta = zigzag(ts(r).wrapping_sub(first_timestamp));
-            let key_field = r.key.as_ref().map_or(0, |k| k.len() as u64 + 1);
-            let key_len = r.key.as_ref().map_or(0, |k| k.len());
-            let headers_len: usize = r
-                .headers
-                .iter()
-                .map(|h| {
-                    varint_len(h.key.len() as u64) + h.key.len() + varint_len(h.value.len() as u64) + h.value.len()
-                })
-                .sum();
-            let body_len = varint_len(i as u64)
-                + varint_len(ts_delta)
-                + varint_len(key_field)
-                + key_len
-                + varint_len(r.value.len() as u64)
-                + r.value.len()
-                + varint_len(r.headers.len() as u64)
-                + headers_len;
-            put_varint(&mut buf, body_len as u64);
-            put_varint(&mut buf, i as u64);
-            put_varint(&mut buf, ts_delta);
-            put_varint(&mut buf, key_field);
-            if let Some(k) = &r.key {
-                buf.put_slice(k);
-            }
-            put_varint(&mut buf, r.value.len() as u64);
-            buf.put_slice(&r.value);
-            put_varint(&mut buf, r.headers.len() as u64);
-            for h in &r.headers {
-                put_varint(&mut buf, h.key.len() as u64);
-                buf.put_slice(h.key.as_bytes());
-                put_varint(&mut buf, h.value.len() as u64);
-                buf.put_slice(&h.value);
-            }
+        let mut b = BatchBuilder::with_capacity(body_estimate);
+        for r in records {
+            let headers = r.headers.iter().map(|h| (h.key.as_str(), &h.value[..]));
+            b.push(r.timestamp.unwrap_or(now), r.key.as_deref(), &r.value, headers);
         }
-        let length = buf.len() as u32;
-        buf[8..12].copy_from_slice(&length.to_le_bytes());
-        buf[16..20].copy_from_slice(&MAGIC.to_le_bytes());
-        buf[24] = VERSION;
-        buf[28..32].copy_from_slice(&(records.len() as u32).to_le_bytes());
-        buf[32..40].copy_from_slice(&first_timestamp.to_le_bytes());
-        buf[40..48].copy_from_slice(&max_timestamp.to_le_bytes());
-        let crc = crc32fast::hash(&buf[CRC_START..]);
-        buf[20..24].copy_from_slice(&crc.to_le_bytes());
-        let mut key_hashes: Vec<u32> =
-            records.iter().filter_map(|r| r.key.as_deref().map(crate::keys::key_hash)).collect();
-        if key_hashes.len() > 1 {
-            key_hashes.sort_unstable();
-            key_hashes.dedup();
-        }
-        EncodedBatch { buf, record_count: records.len() as u32, first_timestamp, max_timestamp, key_hashes }
+        b.finish().unwrap_or_else(|| {
+            // No records: a bare header, which `Partition` refuses before it gets here.
+            let mut buf = BytesMut::with_capacity(HEADER_LEN);
+            buf.put_bytes(0, HEADER_LEN);
+            EncodedBatch { buf, record_count: 0, first_timestamp: now, max_timestamp: now, key_hashes: Vec::new() }
+        })
+    }
+
+    /// The encoded batch; its base offset and leader epoch are still zero (the writer's).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Total encoded size in bytes.
@@ -363,7 +323,7 @@ fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize, limit: usize) -> Result<
     Ok(out)
 }
 
-fn put_varint(out: &mut impl BufMut, mut v: u64) {
+pub(crate) fn put_varint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
         out.put_u8((v as u8) | 0x80);
         v >>= 7;
@@ -371,7 +331,7 @@ fn put_varint(out: &mut impl BufMut, mut v: u64) {
     out.put_u8(v as u8);
 }
 
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)
 }
@@ -389,7 +349,7 @@ pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, BatchDefect
     Err(BatchDefect::BadRecords("varint longer than 10 bytes"))
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 

@@ -22,6 +22,7 @@
 
 mod appender;
 mod batch;
+mod builder;
 mod cohort;
 mod config;
 mod epochs;
@@ -56,6 +57,7 @@ pub use batch::{
     decode_records, for_each_record, verify as verify_batch, BatchDefect, BatchHeader, EncodedBatch,
     HEADER_LEN as BATCH_HEADER_LEN,
 };
+pub use builder::BatchBuilder;
 pub use config::{FsyncPolicy, IoBackendKind, LogConfig};
 pub use error::{LogError, Result};
 pub use latency::{LatencyHistogram, LatencySnapshot, BUCKET_BOUNDS_MICROS};
@@ -326,7 +328,10 @@ impl Partition {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
-        let batch = EncodedBatch::encode(records);
+        self.submit_encoded(EncodedBatch::encode(records), memo)
+    }
+
+    fn submit_encoded(&self, batch: EncodedBatch, memo: Option<Memo>) -> Result<oneshot::Receiver<Result<Appended>>> {
         if batch.len() > self.max_batch {
             return Err(LogError::BatchTooLarge { size: batch.len(), max: self.max_batch });
         }
@@ -348,6 +353,14 @@ impl Partition {
     /// back. The log never looks inside it; `memo.rs` has the rules and bounds.
     pub fn append_start_with(&self, records: &[Record], memo: Memo) -> Result<PendingAppend> {
         Ok(PendingAppend { rx: self.submit(records, Some(memo))? })
+    }
+
+    /// [`Partition::append_start`] of a batch built record by record (see [`BatchBuilder`]),
+    /// with an optional memo as for [`Partition::append_start_with`]. An empty builder is
+    /// [`LogError::EmptyAppend`].
+    pub fn append_built_start(&self, batch: BatchBuilder, memo: Option<Memo>) -> Result<PendingAppend> {
+        let batch = batch.finish().ok_or(LogError::EmptyAppend)?;
+        Ok(PendingAppend { rx: self.submit_encoded(batch, memo)? })
     }
 
     /// Appends `records` as one batch. Resolves once the batch is durable under the fsync

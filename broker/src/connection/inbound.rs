@@ -18,8 +18,7 @@
 
 use std::sync::Arc;
 
-use axle_engine::log::Record;
-use axle_engine::Message;
+use axle_engine::{Message, MessageBatch};
 use bytes::BytesMut;
 
 use super::{Connection, End, Inbound};
@@ -33,58 +32,49 @@ pub(super) const MAX_BYTES: usize = 256 * 1024;
 /// PUBLISHes staged for one partition, not yet queued to the log.
 #[derive(Default)]
 pub(super) struct Staged {
-    pid: usize,
-    records: Vec<Record>,
-    /// The messages `records` were made from, kept with the batch for the hub's live path
-    /// (`axle_engine::MessageTail`).
-    messages: Vec<Arc<Message>>,
+    /// The messages, encoded into their log batch as they arrive (`None`: nothing staged).
+    batch: Option<MessageBatch>,
     /// (packet id, QoS) of the QoS 1/2 messages, in arrival order.
     acks: Vec<(u16, u8)>,
-    /// QoS 0 messages among `records`: counted as dropped if the append fails.
+    /// QoS 0 messages in `batch`: counted as dropped if the append fails.
     qos0: usize,
-    bytes: usize,
 }
 
+/// Room a new batch's buffer starts with, in bytes; it grows up to [`MAX_BYTES`] and more.
+const FIRST_BATCH_BYTES: usize = 4 * 1024;
+
 impl Connection {
-    /// Stages `record`, made from `msg`, for partition `pid`; queues the staged batch first
-    /// if it cannot join it. `size` is the message's payload and topic bytes.
-    pub(super) fn stage(
-        &mut self,
-        pid: usize,
-        record: Record,
-        msg: Arc<Message>,
-        size: usize,
-        packet_id: u16,
-        qos: u8,
-    ) {
-        let joins = self.staged.records.is_empty()
-            || (self.staged.pid == pid
-                && self.staged.records.len() < MAX_RECORDS
-                && self.staged.bytes + size <= MAX_BYTES);
+    /// Stages `msg` for its partition; queues the staged batch first if `msg` cannot join it.
+    pub(super) fn stage(&mut self, msg: Arc<Message>, packet_id: u16, qos: u8) {
+        let engine = &self.hub.engine;
+        let pid = engine.partition_of(&msg);
+        let size = msg.payload.len() + msg.topic.len();
+        let joins = self
+            .staged
+            .batch
+            .as_ref()
+            .is_none_or(|b| b.pid() == pid && b.len() < MAX_RECORDS && b.bytes() + size <= MAX_BYTES);
         if !joins {
             self.queue_staged();
         }
-        let s = &mut self.staged;
-        s.pid = pid;
-        s.records.push(record);
-        s.messages.push(msg);
-        s.bytes += size;
+        let engine = &self.hub.engine;
+        let batch = self.staged.batch.get_or_insert_with(|| engine.message_batch(pid, FIRST_BATCH_BYTES.max(size)));
+        engine.push_message(batch, msg);
         if qos > 0 {
-            s.acks.push((packet_id, qos));
+            self.staged.acks.push((packet_id, qos));
             self.inbound_unacked += 1;
         } else {
-            s.qos0 += 1;
+            self.staged.qos0 += 1;
         }
     }
 
     /// Queues the staged messages to the log as one batch; their acknowledgements follow
     /// from `pending` once it is durable.
     pub(super) fn queue_staged(&mut self) {
-        if self.staged.records.is_empty() {
-            return;
-        }
-        let Staged { pid, records, messages, acks, qos0, .. } = std::mem::take(&mut self.staged);
-        let fut: super::Pending = match self.hub.engine.publish_records_start(pid, records, messages) {
+        let Some(batch) = self.staged.batch.take() else { return };
+        let acks = std::mem::take(&mut self.staged.acks);
+        let qos0 = std::mem::take(&mut self.staged.qos0);
+        let fut: super::Pending = match self.hub.engine.publish_batch_start(batch) {
             Ok(fut) => {
                 Box::pin(
                     async move { Inbound { acks, qos0, result: fut.await.map(|_| ()).map_err(|e| e.to_string()) } },

@@ -202,9 +202,7 @@ impl Connection {
             timestamp: now,
         };
         self.hub.retain_on_publish(&msg);
-        let size = msg.payload.len() + msg.topic.len();
-        let (pid, record) = self.hub.engine.record_for(&msg);
-        self.stage(pid, record, std::sync::Arc::new(msg), size, packet_id, qos);
+        self.stage(std::sync::Arc::new(msg), packet_id, qos);
         Ok(())
     }
 
