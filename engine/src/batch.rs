@@ -77,7 +77,8 @@ impl Engine {
             batch.records.push(msg.to_record(key));
         } else {
             batch.memo_fits &= msg.timestamp != 0;
-            msg.push_to(key, log::now_ms(), &mut batch.built);
+            let now = if msg.timestamp == 0 { log::now_ms() } else { msg.timestamp };
+            msg.push_to(key, now, &mut batch.built);
         }
         batch.bytes += msg.payload.len() + msg.topic.len();
         batch.messages.push(msg);

@@ -4,22 +4,36 @@
 //! number of levels below, and a filter starting with a wildcard does not match a topic
 //! starting with `$`. Filters are assumed valid (the codec validates them).
 
-/// True if `topic` (a topic name, no wildcards) matches `filter`.
+/// True if `topic` (a topic name, no wildcards) matches `filter`. Compares level by level
+/// on bytes (`/`, `+` and `#` are ASCII, so byte positions are character boundaries).
 pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+    let (f, t) = (filter.as_bytes(), topic.as_bytes());
+    if t.first() == Some(&b'$') && matches!(f.first(), Some(b'+' | b'#')) {
         return false;
     }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
+    // Start of the next level of each, `None` once its last level was taken. A name has at
+    // least one (possibly empty) level, as `str::split` would give.
+    let (mut fp, mut tp) = (Some(0usize), Some(0usize));
     loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
+        let Some(fs) = fp else { return tp.is_none() };
+        let fe = level_end(f, fs);
+        fp = (fe < f.len()).then_some(fe + 1);
+        let level = &f[fs..fe];
+        if level == b"#" {
+            return true;
+        }
+        let Some(ts) = tp else { return false };
+        let te = level_end(t, ts);
+        tp = (te < t.len()).then_some(te + 1);
+        if level != b"+" && level != &t[ts..te] {
+            return false;
         }
     }
+}
+
+/// Index of the `/` that ends the level starting at `start`, or `s.len()`.
+fn level_end(s: &[u8], start: usize) -> usize {
+    s[start..].iter().position(|&b| b == b'/').map_or(s.len(), |p| start + p)
 }
 
 /// The first `n` levels of `topic` joined by `/`, or `None` if it has fewer levels.
@@ -86,6 +100,52 @@ mod tests {
         assert!(matches("+", ""));
         assert!(!matches("a/b", "a/b/"));
         assert!(matches("a/b/+", "a/b/"));
+    }
+
+    /// The matcher before it worked on bytes: `str::split` level by level.
+    fn matches_by_split(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+        loop {
+            match (f.next(), t.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(fl), Some(tl)) if fl == tl => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Every string of up to `n` characters over `alphabet`.
+    fn strings(alphabet: &[char], n: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..n {
+            last = last.iter().flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}"))).collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn the_byte_matcher_agrees_with_level_splitting_on_every_small_case() {
+        let valid_filter = |f: &str| {
+            let levels: Vec<&str> = f.split('/').collect();
+            levels.iter().enumerate().all(|(i, l)| {
+                (!l.contains(['+', '#']) || *l == "+" || *l == "#") && (*l != "#" || i == levels.len() - 1)
+            })
+        };
+        let filters: Vec<String> =
+            strings(&['a', 'b', '/', '+', '#', '$'], 5).into_iter().filter(|f| valid_filter(f)).collect();
+        let topics = strings(&['a', 'b', '/', '$'], 5);
+        for f in &filters {
+            for t in &topics {
+                assert_eq!(matches(f, t), matches_by_split(f, t), "filter {f:?} topic {t:?}");
+            }
+        }
     }
 
     #[test]

@@ -272,6 +272,11 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
+    /// No rate limit applies: [`Self::on_publish`] always passes (callers can skip the clock).
+    pub fn is_unlimited(&self) -> bool {
+        self.limiter.is_unlimited()
+    }
+
     /// Charges an inbound PUBLISH of `bytes` bytes (whole packet) at `now`.
     pub fn on_publish(&mut self, bytes: usize, now: Instant) -> RateDecision {
         if self.limiter.is_unlimited() {

@@ -40,11 +40,13 @@ fn check_common(text: &str) -> Result<(), TopicError> {
 
 /// Checks a topic name as used in PUBLISH: non-empty, no wildcards, no U+0000.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
-    check_common(topic)?;
-    if topic.contains(['+', '#']) {
-        return Err(TopicError::WildcardInName);
+    // One pass over the bytes (every character looked for is ASCII); the common checks
+    // then say which defect it is.
+    if !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN && !topic.bytes().any(|b| matches!(b, 0 | b'+' | b'#')) {
+        return Ok(());
     }
-    Ok(())
+    check_common(topic)?;
+    Err(TopicError::WildcardInName)
 }
 
 /// Checks a topic filter as used in SUBSCRIBE and UNSUBSCRIBE, including the shared form

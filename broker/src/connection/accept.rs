@@ -195,6 +195,7 @@ impl Connection {
             clean_disconnect: false,
             cursor_keys: HashMap::new(),
             shared_pull: false,
+            read_ms: None,
         })
     }
 

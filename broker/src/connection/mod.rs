@@ -200,6 +200,9 @@ struct Connection {
     cursor_keys: HashMap<usize, Option<String>>,
     /// A shared group of this session may lag: pull when credit allows (see `shared.rs`).
     shared_pull: bool,
+    /// Wall-clock time (ms since the Unix epoch) of the read being handled, taken once per
+    /// read: the PUBLISHes one read brings arrived together and share their timestamp.
+    read_ms: Option<i64>,
 }
 
 impl Connection {
@@ -362,6 +365,7 @@ impl Connection {
     }
 
     fn handle_buffered(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut) -> Result<(), End> {
+        self.read_ms = None;
         loop {
             if self.guard.throttled_until.is_some() {
                 return Ok(()); // over its rate: the rest waits in the buffer
@@ -381,6 +385,11 @@ impl Connection {
                 Err(e) => return Err(self.protocol_violation(e)),
             }
         }
+    }
+
+    /// The time of the read being handled (see `read_ms`), in ms since the Unix epoch.
+    fn read_time_ms(&mut self) -> i64 {
+        *self.read_ms.get_or_insert_with(axle_engine::log::now_ms)
     }
 
     fn protocol_violation(&self, e: DecodeError) -> End {

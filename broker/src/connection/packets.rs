@@ -186,7 +186,7 @@ impl Connection {
         self.hub.metrics.message_in(&p.topic, qos, p.payload.len());
         self.handle.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         self.handle.stats.bytes_in.fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-        let now = axle_engine::log::now_ms();
+        let now = self.read_time_ms();
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
@@ -317,6 +317,9 @@ impl Connection {
     /// Charges an inbound PUBLISH of `size` bytes to the rate limits: throttles the
     /// connection, or ends it with 0x96 under `on_exceed = "disconnect"`.
     pub(super) fn rate_check(&mut self, size: usize) -> Result<(), End> {
+        if self.guard.is_unlimited() {
+            return Ok(());
+        }
         match self.guard.on_publish(size, std::time::Instant::now()) {
             crate::auth::RateDecision::Pass => Ok(()),
             crate::auth::RateDecision::Pause(until) => {
