@@ -289,42 +289,58 @@ impl Hub {
         }
     }
 
-    /// Hands one record to every connected session that subscribes to its topic.
-    pub fn dispatch(&self, pid: usize, offset: u64, msg: Arc<Message>) {
-        let mut ids: Vec<SubscriberId> = Vec::new();
-        let mut groups: Vec<(Arc<str>, Vec<SubscriberId>)> = Vec::new();
-        self.tree.read().for_each_match(&msg.topic, |m| match m {
-            Match::Subscriber(id) => ids.push(id),
-            Match::Shared { key, members } => groups.push((key.clone(), members.to_vec())),
-        });
-        if ids.is_empty() && groups.is_empty() {
-            return;
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let sessions = self.sessions.read();
-        for id in ids {
-            if let Some(h) = sessions.get(&id) {
-                let prev_end = h.last_dispatched[pid].load(Ordering::Relaxed);
-                let d = Delivery { pid, offset, prev_end, msg: msg.clone(), shared: None };
-                if h.tx.try_send(d).is_ok() {
-                    h.last_dispatched[pid].store(offset + 1, Ordering::Relaxed);
-                } else {
-                    // The session must not take its next queued delivery as contiguous with
-                    // the last one: this record lies between them.
-                    h.last_dispatched[pid].store(UNKNOWN, Ordering::Relaxed);
-                    h.overflowed.store(true, Ordering::Relaxed);
-                    h.wake.notify_one();
+    /// Hands records of partition `pid` (in offset order) to every connected session that
+    /// subscribes to their topics.
+    ///
+    /// A run of consecutive records with the same topic (what one connection's read usually
+    /// brings) is matched against the subscription tree once. The tree's lock is released
+    /// before the sessions' is taken, as everywhere else.
+    pub fn dispatch_batch(&self, pid: usize, records: &[(u64, Arc<Message>)]) {
+        let mut runs: Vec<MatchRun> = Vec::new();
+        {
+            let tree = self.tree.read();
+            let mut at = 0;
+            while at < records.len() {
+                let topic = records[at].1.topic.as_str();
+                let len = records[at..].iter().take_while(|(_, m)| m.topic == topic).count();
+                let mut run = MatchRun { range: at..at + len, ids: Vec::new(), groups: Vec::new() };
+                tree.for_each_match(topic, |m| match m {
+                    Match::Subscriber(id) => run.ids.push(id),
+                    Match::Shared { key, members } => run.groups.push((key.clone(), members.to_vec())),
+                });
+                if !run.ids.is_empty() || !run.groups.is_empty() {
+                    run.ids.sort_unstable();
+                    run.ids.dedup();
+                    runs.push(run);
                 }
+                at += len;
             }
         }
-        for (key, members) in groups {
-            self.shared.dispatch(
-                &sessions,
-                &key,
-                &members,
-                Delivery { pid, offset, prev_end: UNKNOWN, msg: msg.clone(), shared: Some(key.clone()) },
-            );
+        if runs.is_empty() {
+            return;
+        }
+        let sessions = self.sessions.read();
+        for run in runs {
+            let records = &records[run.range];
+            for (offset, msg) in records {
+                for id in &run.ids {
+                    let Some(h) = sessions.get(id) else { continue };
+                    let prev_end = h.last_dispatched[pid].load(Ordering::Relaxed);
+                    let d = Delivery { pid, offset: *offset, prev_end, msg: msg.clone(), shared: None };
+                    if h.tx.try_send(d).is_ok() {
+                        h.last_dispatched[pid].store(offset + 1, Ordering::Relaxed);
+                    } else {
+                        // The session must not take its next queued delivery as contiguous
+                        // with the last one: this record lies between them.
+                        h.last_dispatched[pid].store(UNKNOWN, Ordering::Relaxed);
+                        h.overflowed.store(true, Ordering::Relaxed);
+                        h.wake.notify_one();
+                    }
+                }
+            }
+            for (key, members) in &run.groups {
+                self.shared.dispatch_run(&sessions, key, members, pid, records);
+            }
         }
     }
 
@@ -396,12 +412,12 @@ async fn dispatch_partition(hub: Arc<Hub>, pid: usize, part: axle_engine::log::P
     loop {
         match reader.next().await {
             Ok(messages) => {
-                for (offset, m) in messages {
-                    if m.retain && replicated {
-                        hub.set_retained(&m);
+                if replicated {
+                    for (_, m) in messages.iter().filter(|(_, m)| m.retain) {
+                        hub.set_retained(m);
                     }
-                    hub.dispatch(pid, offset, m);
                 }
+                hub.dispatch_batch(pid, &messages);
             }
             Err(axle_engine::log::LogError::Closed) => return,
             Err(e) => {
@@ -412,4 +428,14 @@ async fn dispatch_partition(hub: Arc<Hub>, pid: usize, part: axle_engine::log::P
             }
         }
     }
+}
+
+/// Consecutive records with one topic, and the subscribers that topic matches.
+struct MatchRun {
+    /// Indexes of the run's records in the batch.
+    range: std::ops::Range<usize>,
+    /// Non-shared subscribers, sorted, once each.
+    ids: Vec<SubscriberId>,
+    /// Shared groups: key and members.
+    groups: Vec<(Arc<str>, Vec<SubscriberId>)>,
 }

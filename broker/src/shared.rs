@@ -95,52 +95,43 @@ impl SharedGroups {
         }
     }
 
-    /// Hands a live record to one member with credit, or starts the group lagging.
-    pub fn dispatch(
+    /// Hands live records of partition `pid` (in offset order, all matching the group's
+    /// filter) to members with credit, one each in turn, or starts the group lagging. One
+    /// lookup and one lock of the group for the whole run.
+    pub fn dispatch_run(
         &self,
         sessions: &HashMap<SubscriberId, Arc<SessionHandle>>,
-        key: &str,
+        key: &Arc<str>,
         members: &[SubscriberId],
-        d: Delivery,
+        pid: usize,
+        run: &[(u64, Arc<Message>)],
     ) {
+        let Some(&(last, _)) = run.last() else { return };
         if members.is_empty() {
             return;
         }
         let g = self.group(key);
         let mut g = g.lock();
-        let (pid, offset) = (d.pid, d.offset);
-        if offset < g.pos.get(&pid).copied().unwrap_or(0) {
-            return; // a puller already handed it out
-        }
         if let Some(lag) = g.lag.get_mut(&pid) {
-            lag.seen_upto = lag.seen_upto.max(offset + 1);
+            // Lagging: members read these from the log.
+            lag.seen_upto = lag.seen_upto.max(last + 1);
             return;
         }
-        let start = g.rr;
-        g.rr = g.rr.wrapping_add(1);
-        let mut d = d;
-        for i in 0..members.len() {
-            let Some(h) = sessions.get(&members[(start + i) % members.len()]) else { continue };
-            if !take_credit(h) {
-                continue;
+        for (offset, msg) in run {
+            let offset = *offset;
+            if offset < g.pos.get(&pid).copied().unwrap_or(0) {
+                continue; // a puller already handed it out
             }
-            match h.tx.try_send(d) {
-                Ok(()) => {
-                    g.pos.insert(pid, offset + 1);
-                    return;
+            let d = Delivery { pid, offset, prev_end: UNKNOWN, msg: msg.clone(), shared: Some(key.clone()) };
+            if !offer_to_one(&mut g, sessions, members, d) {
+                g.lag.insert(pid, Lag { from: offset, seen_upto: last + 1 });
+                tracing::debug!(group = %key.replace('\u{0}', " "), partition = pid, offset, "shared group lagging; members read the log");
+                for m in members {
+                    if let Some(h) = sessions.get(m) {
+                        h.wake.notify_one();
+                    }
                 }
-                Err(tokio::sync::mpsc::error::TrySendError::Full(back))
-                | Err(tokio::sync::mpsc::error::TrySendError::Closed(back)) => {
-                    h.shared_credit.fetch_add(1, Ordering::AcqRel);
-                    d = back;
-                }
-            }
-        }
-        g.lag.insert(pid, Lag { from: offset, seen_upto: offset + 1 });
-        tracing::debug!(group = %key.replace('\u{0}', " "), partition = pid, offset, "shared group lagging; members read the log");
-        for m in members {
-            if let Some(h) = sessions.get(m) {
-                h.wake.notify_one();
+                return;
             }
         }
     }
@@ -265,4 +256,36 @@ impl SharedGroups {
         }
         out
     }
+}
+
+/// Offers `d` to the group's members round-robin, the first with credit and room taking it;
+/// false if none could (the group must lag).
+fn offer_to_one(
+    g: &mut Group,
+    sessions: &HashMap<SubscriberId, Arc<SessionHandle>>,
+    members: &[SubscriberId],
+    d: Delivery,
+) -> bool {
+    let (pid, offset) = (d.pid, d.offset);
+    let start = g.rr;
+    g.rr = g.rr.wrapping_add(1);
+    let mut d = d;
+    for i in 0..members.len() {
+        let Some(h) = sessions.get(&members[(start + i) % members.len()]) else { continue };
+        if !take_credit(h) {
+            continue;
+        }
+        match h.tx.try_send(d) {
+            Ok(()) => {
+                g.pos.insert(pid, offset + 1);
+                return true;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(back))
+            | Err(tokio::sync::mpsc::error::TrySendError::Closed(back)) => {
+                h.shared_credit.fetch_add(1, Ordering::AcqRel);
+                d = back;
+            }
+        }
+    }
+    false
 }

@@ -36,9 +36,9 @@ pub type Memo = Arc<dyn Any + Send + Sync>;
 
 /// Encoded bytes of the batches one partition keeps memos for. Tail readers that keep up
 /// stay within a few rounds of the end, far less than this.
-pub const MAX_BYTES: usize = 4 << 20;
+pub const MAX_BYTES: usize = 8 << 20;
 /// Batches one partition keeps memos for.
-pub const MAX_ENTRIES: usize = 1024;
+pub const MAX_ENTRIES: usize = 16384;
 
 /// A memo with the offsets of its batch.
 #[derive(Clone)]
