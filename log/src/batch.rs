@@ -27,7 +27,7 @@
 //! `varint value_len` and the value, `varint header_count`, and for each header `varint
 //! name_len`, the UTF-8 name, `varint value_len` and the value.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::builder::BatchBuilder;
 #[cfg(test)]
@@ -177,7 +177,7 @@ pub fn verify(buf: &[u8], max_len: usize) -> Result<BatchHeader, BatchDefect> {
 /// A batch encoded by the caller, waiting for the writer to assign its base offset and epoch.
 #[derive(Debug)]
 pub struct EncodedBatch {
-    pub(crate) buf: BytesMut,
+    pub(crate) buf: Vec<u8>,
     pub(crate) record_count: u32,
     pub(crate) first_timestamp: i64,
     pub(crate) max_timestamp: i64,
@@ -205,8 +205,7 @@ impl EncodedBatch {
         }
         b.finish().unwrap_or_else(|| {
             // No records: a bare header, which `Partition` refuses before it gets here.
-            let mut buf = BytesMut::with_capacity(HEADER_LEN);
-            buf.put_bytes(0, HEADER_LEN);
+            let buf = vec![0; HEADER_LEN];
             EncodedBatch { buf, record_count: 0, first_timestamp: now, max_timestamp: now, key_hashes: Vec::new() }
         })
     }
@@ -230,7 +229,7 @@ impl EncodedBatch {
     pub(crate) fn seal(mut self, base_offset: u64, leader_epoch: u32) -> Bytes {
         self.buf[0..8].copy_from_slice(&base_offset.to_le_bytes());
         self.buf[12..16].copy_from_slice(&leader_epoch.to_le_bytes());
-        self.buf.freeze()
+        Bytes::from(self.buf)
     }
 }
 
@@ -323,12 +322,14 @@ fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize, limit: usize) -> Result<
     Ok(out)
 }
 
-pub(crate) fn put_varint(out: &mut impl BufMut, mut v: u64) {
+/// Appends `v` as a varint (LEB128). One byte at a time into a `Vec`: a store each, where
+/// `BufMut::put_u8` on a `BytesMut` is a copy call.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
+        out.push((v as u8) | 0x80);
         v >>= 7;
     }
-    out.put_u8(v as u8);
+    out.push(v as u8);
 }
 
 pub(crate) fn varint_len(v: u64) -> usize {

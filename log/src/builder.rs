@@ -14,14 +14,14 @@
 //! - `first_timestamp` is the first pushed record's; deltas are relative to it, zigzag-encoded
 //!   (a later record may be older).
 
-use bytes::{BufMut, BytesMut};
-
 use crate::batch::{put_varint, varint_len, zigzag, EncodedBatch, CRC_START, HEADER_LEN, MAGIC, VERSION};
 
 /// A batch being built; see the module documentation.
 #[derive(Debug)]
 pub struct BatchBuilder {
-    buf: BytesMut,
+    /// A `Vec` rather than a `BytesMut`: a one-byte push is a store, not a copy call, and
+    /// the allocation becomes the sealed batch's without a copy.
+    buf: Vec<u8>,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
@@ -38,8 +38,8 @@ impl BatchBuilder {
     /// An empty batch whose buffer has room for `body_bytes` bytes of records (it grows as
     /// needed).
     pub fn with_capacity(body_bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + body_bytes);
-        buf.put_bytes(0, HEADER_LEN);
+        let mut buf = Vec::with_capacity(HEADER_LEN + body_bytes);
+        buf.resize(HEADER_LEN, 0);
         BatchBuilder { buf, count: 0, first_timestamp: 0, max_timestamp: i64::MIN, key_hashes: Vec::new() }
     }
 
@@ -94,17 +94,17 @@ impl BatchBuilder {
         put_varint(buf, ts_delta);
         put_varint(buf, key_field);
         if let Some(k) = key {
-            buf.put_slice(k);
+            buf.extend_from_slice(k);
             self.key_hashes.push(crate::keys::key_hash(k));
         }
         put_varint(buf, value.len() as u64);
-        buf.put_slice(value);
+        buf.extend_from_slice(value);
         put_varint(buf, header_count as u64);
         for (k, v) in headers {
             put_varint(buf, k.len() as u64);
-            buf.put_slice(k.as_bytes());
+            buf.extend_from_slice(k.as_bytes());
             put_varint(buf, v.len() as u64);
-            buf.put_slice(v);
+            buf.extend_from_slice(v);
         }
         self.count += 1;
     }
