@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axle_engine::{Engine, Message};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::hub::{Delivery, SessionHandle, UNKNOWN};
 use crate::topic_tree::SubscriberId;
@@ -60,7 +60,8 @@ struct Group {
 /// Every shared group's dispatch state, by group key (`{group}\0{filter}`).
 #[derive(Default)]
 pub struct SharedGroups {
-    groups: Mutex<foldhash::HashMap<String, Arc<Mutex<Group>>>>,
+    /// Read-locked on every dispatch run and pull; written only when a group appears or goes.
+    groups: RwLock<foldhash::HashMap<String, Arc<Mutex<Group>>>>,
 }
 
 /// Takes one unit of `h`'s credit if it has any.
@@ -72,16 +73,15 @@ impl SharedGroups {
     /// The group's state, created on first use. Called once per shared delivery, so the key
     /// is copied only when the group is new.
     fn group(&self, key: &str) -> Arc<Mutex<Group>> {
-        let mut groups = self.groups.lock();
-        if let Some(g) = groups.get(key) {
+        if let Some(g) = self.groups.read().get(key) {
             return g.clone();
         }
-        groups.entry(key.to_string()).or_default().clone()
+        self.groups.write().entry(key.to_string()).or_default().clone()
     }
 
     /// True if members should pull: the group lags on some partition or holds redeliveries.
     pub fn needs_pull(&self, key: &str) -> bool {
-        let g = self.groups.lock().get(key).cloned();
+        let g = self.groups.read().get(key).cloned();
         g.is_some_and(|g| {
             let g = g.lock();
             !g.lag.is_empty() || !g.redeliver.is_empty()
@@ -90,7 +90,7 @@ impl SharedGroups {
 
     /// Drops a group's state once it has no members left.
     pub fn forget(&self, key: &str) {
-        if self.groups.lock().remove(key).is_some() {
+        if self.groups.write().remove(key).is_some() {
             tracing::debug!(group = %key.replace('\u{0}', " "), "shared group has no members left");
         }
     }
@@ -184,7 +184,7 @@ impl SharedGroups {
     /// records (read from the log). `filter` is the group's topic filter.
     pub fn pull(&self, engine: &Engine, key: &str, filter: &str, me: &SessionHandle) -> Vec<Delivery> {
         let mut out = Vec::new();
-        let Some(g) = self.groups.lock().get(key).cloned() else { return out };
+        let Some(g) = self.groups.read().get(key).cloned() else { return out };
         let shared_key: Arc<str> = Arc::from(key);
         let mut g = g.lock();
         while me.shared_credit.load(Ordering::Acquire) > 0 {

@@ -252,10 +252,12 @@ impl PartitionShared {
         if offset > b.end {
             return self.past_visible_end(offset, b).map(|()| Vec::new());
         }
-        let mut out = Vec::new();
         if offset == b.end || max_records == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // Room for what the read can return, up to a bound (a read with no record limit
+        // grows the vector as usual).
+        let mut out = Vec::with_capacity(max_records.min((b.end - offset) as usize).min(1024));
         let mut bytes = 0usize;
         self.walk_batches(offset, b.end, |header, data| {
             if header.next_offset() <= offset {
