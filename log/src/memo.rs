@@ -35,9 +35,13 @@ use parking_lot::Mutex;
 pub type Memo = Arc<dyn Any + Send + Sync>;
 
 /// Encoded bytes of the batches one partition keeps memos for. Tail readers that keep up
-/// stay within a few rounds of the end, far less than this.
+/// stay within a few rounds of the end, far less than this; the bound is for a reader that
+/// falls behind for a while (a publish flood on 2 cores: 8 MiB is ~50 ms of one partition
+/// at 600k msg/s of 200 B spread over 4), after which it reads from the file.
 pub const MAX_BYTES: usize = 8 << 20;
-/// Batches one partition keeps memos for.
+/// Batches one partition keeps memos for. Batches of one or two messages (slow publishers)
+/// make this the bound that binds first; 1,024 was measured too few under a flood
+/// (`docs/benchmarks.md`, 2026-12-07).
 pub const MAX_ENTRIES: usize = 16384;
 
 /// A memo with the offsets of its batch.
