@@ -403,8 +403,8 @@ impl Hub {
     }
 }
 
-/// Follows partition `pid`'s tail and hands each message to [`Hub::dispatch`] until the log
-/// closes.
+/// Follows partition `pid`'s tail and hands each chunk of messages to [`Hub::dispatch_batch`]
+/// until the log closes.
 async fn dispatch_partition(hub: Arc<Hub>, pid: usize, part: axle_engine::log::Partition) {
     let replicated = hub.engine.replicator().is_some();
     let tail = |from| MessageTail::new(part.clone(), from, 1024, 4 << 20);

@@ -70,7 +70,7 @@ fn take_credit(h: &SessionHandle) -> bool {
 }
 
 impl SharedGroups {
-    /// The group's state, created on first use. Called once per shared delivery, so the key
+    /// The group's state, created on first use. Called once per dispatched run, so the key
     /// is copied only when the group is new.
     fn group(&self, key: &str) -> Arc<Mutex<Group>> {
         if let Some(g) = self.groups.read().get(key) {

@@ -46,8 +46,8 @@ const FIRST_BATCH_BYTES: usize = 4 * 1024;
 impl Connection {
     /// Stages `msg` for its partition; queues the staged batch first if `msg` cannot join it.
     pub(super) fn stage(&mut self, msg: Arc<Message>, packet_id: u16, qos: u8) {
-        let engine = &self.hub.engine;
-        let pid = engine.partition_of(&msg);
+        // `key` borrows from `msg`, not from `self`.
+        let (pid, key) = self.hub.engine.route(&msg.topic, &msg.publisher);
         let size = msg.payload.len() + msg.topic.len();
         let joins = self
             .staged
@@ -59,7 +59,7 @@ impl Connection {
         }
         let engine = &self.hub.engine;
         let batch = self.staged.batch.get_or_insert_with(|| engine.message_batch(pid, FIRST_BATCH_BYTES.max(size)));
-        engine.push_message(batch, msg);
+        engine.push_message(batch, &msg, key);
         if qos > 0 {
             self.staged.acks.push((packet_id, qos));
             self.inbound_unacked += 1;
