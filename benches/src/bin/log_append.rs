@@ -36,6 +36,11 @@ struct Args {
     /// Only the two target cases (faster).
     #[arg(long)]
     quick: bool,
+    /// Extra alternated runs of the target-2 case, each followed by its own fdatasync
+    /// measurement; the verdict is on their median ratio (the disk's latency drifts by 1.5x
+    /// within minutes on a shared VM, so one pair decides nothing).
+    #[arg(long, default_value_t = 5)]
+    target2_runs: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -240,11 +245,44 @@ fn main() -> anyhow::Result<()> {
             if frac >= 0.8 { "met" } else { "NOT met" }
         );
     }
-    for (rps, lat, lat100, ideal) in target2 {
+    for (rps, lat, lat100, ideal) in &target2 {
         println!(
-            "target 2 (fsync=always, 64 appenders, 100 B, 1 partition): {rps:.0} records/s; fdatasync p50 {lat:.3} ms (4 KB) / {lat100:.3} ms (100 B) => 64/latency = {ideal:.0}/s; ratio {:.2} (target >= 0.80): {}",
+            "target 2, table run (fsync=always, 64 appenders, 100 B, 1 partition): {rps:.0} records/s; fdatasync p50 {lat:.3} ms (4 KB) / {lat100:.3} ms (100 B) => 64/latency = {ideal:.0}/s; ratio {:.2}",
             rps / ideal,
-            if rps / ideal >= 0.8 { "met" } else { "NOT met" }
+        );
+    }
+    if !target2.is_empty() && args.target2_runs > 0 {
+        let case = Case { partitions: 1, size: 100, fsync: FsyncPolicy::Always, appenders: 64 };
+        let mut ratios: Vec<f64> = target2.iter().map(|(rps, _, _, ideal)| rps / ideal).collect();
+        println!();
+        println!(
+            "target 2, {} more alternated runs (Axle {} s, then 4 KB write + fdatasync for 1 s):",
+            args.target2_runs, args.seconds
+        );
+        println!("| run | records/s | appends per sync | Axle sync ms | fdatasync p50 ms | 64/latency | ratio |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for run in 1..=args.target2_runs {
+            let o = run_axle(&base.join("axle"), case, args.seconds, backend)?;
+            let (_, lat) = run_ceiling(&base, 4096, FsyncPolicy::Always, 1.0)?;
+            let ideal = 64.0 / (lat / 1e3);
+            ratios.push(o.records_per_s / ideal);
+            println!(
+                "| {run} | {:.0} | {:.1} | {:.3} | {lat:.3} | {ideal:.0} | {:.2} |",
+                o.records_per_s,
+                o.records_per_s / o.fsyncs_per_s.max(1.0),
+                o.sync_ms,
+                o.records_per_s / ideal
+            );
+        }
+        let spread = (ratios.iter().copied().fold(f64::INFINITY, f64::min), ratios.iter().copied().fold(0.0, f64::max));
+        let m = median(&ratios);
+        println!();
+        println!(
+            "target 2 (fsync=always, 64 appenders, 100 B, 1 partition): median ratio {m:.2} over {} runs ({:.2}-{:.2}) (target >= 0.80): {}",
+            ratios.len(),
+            spread.0,
+            spread.1,
+            if m >= 0.8 { "met" } else { "NOT met" }
         );
     }
     let _ = std::fs::remove_dir_all(&base);
