@@ -1,0 +1,234 @@
+//! Experiment (2026-12-07): the smallest `fsync = always` group commit there is, with no log
+//! around it, to see where target 2 of `log-append` can get on this machine at all.
+//!
+//! 64 tokio tasks on a 2-worker runtime each append a 154-byte record and wait for its
+//! acknowledgement; one thread gathers the cohort (polling, as the log's writer does), writes
+//! it with one `pwritev2(RWF_DSYNC)` into a pre-zeroed file, and acknowledges. Two ways to
+//! hand records over, alternated: `CHAN`, one channel message per append (as the log does);
+//! `SHARED`, appenders copy into one locked round buffer and the writer swaps it out. Each
+//! run is followed by the 4 KB write + fdatasync ceiling of `log-append`.
+//!
+//! `cargo run --release -p axle-log --example ack_paths -- DIR PAIRS`
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{unbounded, TryRecvError};
+use tokio::sync::oneshot;
+
+struct Cmd {
+    data: Bytes,
+    reply: oneshot::Sender<u64>,
+}
+#[derive(Default)]
+struct Round {
+    buf: Vec<u8>,
+    acks: Vec<oneshot::Sender<u64>>,
+}
+
+fn dsync(fd: i32, pos: u64, bufs: &[&[u8]]) {
+    let iov: Vec<libc::iovec> =
+        bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+    // SAFETY: the iovecs point into `bufs`, which outlive the call.
+    let n = unsafe { libc::pwritev2(fd, iov.as_ptr(), iov.len() as i32, pos as i64, libc::RWF_DSYNC) };
+    assert!(n > 0, "pwritev2 failed: {}", std::io::Error::last_os_error());
+}
+
+fn encode(v: &mut Vec<u8>) {
+    v.extend_from_slice(&[7u8; 154]);
+    let c = crc32fast::hash(&v[v.len() - 154..]);
+    let l = v.len();
+    v[l - 154] = c as u8;
+}
+
+fn run(shared: bool, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
+    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let (tx, rx) = unbounded::<Cmd>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let round = Arc::new(Mutex::new(Round::default()));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let f = f.clone();
+        let stop = stop.clone();
+        let round = round.clone();
+        let queued = queued.clone();
+        let syncs = syncs.clone();
+        std::thread::spawn(move || {
+            let mut pos = 0u64;
+            let mut expected = 0usize;
+            let mut spare = Round::default();
+            while !stop.load(Relaxed) {
+                if shared {
+                    // wait for the first, spinning up to 100us then sleeping
+                    let t0 = Instant::now();
+                    while queued.load(Acquire) == 0 && !stop.load(Relaxed) {
+                        if t0.elapsed() < Duration::from_micros(100) {
+                            std::thread::yield_now();
+                        } else {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                    }
+                    let until = Instant::now() + Duration::from_micros(120);
+                    while queued.load(Acquire) < expected && Instant::now() < until {
+                        std::thread::yield_now();
+                    }
+                    {
+                        let mut r = round.lock().expect("round lock");
+                        std::mem::swap(&mut *r, &mut spare);
+                        queued.store(0, Release);
+                    }
+                    let n = spare.acks.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    expected = n.max(expected - expected / 8);
+                    dsync(f.as_raw_fd(), pos, &[&spare.buf]);
+                    syncs.fetch_add(1, Relaxed);
+                    pos += spare.buf.len() as u64;
+                    for a in spare.acks.drain(..) {
+                        let _ = a.send(pos);
+                    }
+                    spare.buf.clear();
+                } else {
+                    let t0 = Instant::now();
+                    let first = loop {
+                        match rx.try_recv() {
+                            Ok(c) => break Some(c),
+                            Err(TryRecvError::Empty) => {
+                                if t0.elapsed() < Duration::from_micros(100) {
+                                    std::thread::yield_now();
+                                } else {
+                                    match rx.recv_timeout(Duration::from_millis(10)) {
+                                        Ok(c) => break Some(c),
+                                        Err(_) => break None,
+                                    }
+                                }
+                            }
+                            Err(_) => break None,
+                        }
+                    };
+                    let Some(first) = first else { continue };
+                    let mut bufs = vec![first.data];
+                    let mut acks = vec![first.reply];
+                    let until = Instant::now() + Duration::from_micros(120);
+                    loop {
+                        while let Ok(c) = rx.try_recv() {
+                            bufs.push(c.data);
+                            acks.push(c.reply);
+                        }
+                        if acks.len() >= expected || Instant::now() >= until {
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                    expected = acks.len().max(expected - expected / 8);
+                    let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+                    let len: usize = slices.iter().map(|b| b.len()).sum();
+                    dsync(f.as_raw_fd(), pos, &slices);
+                    syncs.fetch_add(1, Relaxed);
+                    pos += len as u64;
+                    for a in acks {
+                        let _ = a.send(pos);
+                    }
+                }
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let n: u64 = rt.block_on(async {
+        let mut ts = Vec::new();
+        for _ in 0..64 {
+            let tx = tx.clone();
+            let round = round.clone();
+            let queued = queued.clone();
+            ts.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let (rtx, rrx) = oneshot::channel();
+                    if shared {
+                        let mut r = round.lock().expect("round lock");
+                        encode(&mut r.buf);
+                        r.acks.push(rtx);
+                        queued.fetch_add(1, Release);
+                    } else {
+                        let mut v = Vec::with_capacity(170);
+                        encode(&mut v);
+                        tx.send(Cmd { data: Bytes::from(v), reply: rtx }).expect("writer gone");
+                    }
+                    rrx.await.expect("acknowledged");
+                    lat.push(t.elapsed().as_secs_f64());
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut n = 0;
+        for t in ts {
+            n += t.await.expect("appender task");
+        }
+        n
+    });
+    let el = started.elapsed().as_secs_f64();
+    stop.store(true, Relaxed);
+    drop(tx);
+    writer.join().expect("writer thread");
+    n as f64 / el
+}
+
+fn ceiling(dir: &str) -> f64 {
+    let path = format!("{dir}/ceil.dat");
+    let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("open file");
+    // SAFETY: fallocate on an owned descriptor.
+    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 128 << 20) };
+    let buf = vec![b'c'; 4096];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut pos = 0;
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        f.write_all_at(&buf, pos).expect("write");
+        pos += 4096;
+        let t = Instant::now();
+        f.sync_data().expect("sync");
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    lat[lat.len() / 2]
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let dir = a.get(1).cloned().unwrap_or_else(|| "target/exp".into());
+    let reps: usize = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    std::fs::create_dir_all(&dir).expect("create DIR");
+    let path = format!("{dir}/data.dat");
+    {
+        let f = OpenOptions::new().create(true).truncate(true).write(true).open(&path).expect("open file");
+        let z = vec![0u8; 1 << 20];
+        for i in 0..512u64 {
+            f.write_all_at(&z, i << 20).expect("zero-fill");
+        }
+        f.sync_all().expect("sync");
+    }
+    for _ in 0..reps {
+        for shared in [false, true] {
+            let syncs = Arc::new(AtomicU64::new(0));
+            let rps = run(shared, 2.0, &path, syncs.clone());
+            let l = ceiling(&dir);
+            println!(
+                "{}: {rps:.0} rec/s, {:.1}/sync, ceiling {:.3} ms, ratio {:.2}",
+                if shared { "SHARED" } else { "CHAN  " },
+                rps * 2.0 / syncs.load(Relaxed) as f64,
+                l * 1e3,
+                rps / (64.0 / l)
+            );
+        }
+    }
+}
