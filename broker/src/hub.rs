@@ -320,11 +320,14 @@ impl Hub {
             return;
         }
         let sessions = self.sessions.read();
+        let mut handles: Vec<&Arc<SessionHandle>> = Vec::new();
         for run in runs {
             let records = &records[run.range];
+            // Each subscriber looked up once per run, not once per record.
+            handles.clear();
+            handles.extend(run.ids.iter().filter_map(|id| sessions.get(id)));
             for (offset, msg) in records {
-                for id in &run.ids {
-                    let Some(h) = sessions.get(id) else { continue };
+                for h in &handles {
                     let prev_end = h.last_dispatched[pid].load(Ordering::Relaxed);
                     let d = Delivery { pid, offset: *offset, prev_end, msg: msg.clone(), shared: None };
                     if h.tx.try_send(d).is_ok() {

@@ -174,21 +174,14 @@ impl Engine {
     /// their order; in a cluster they keep it per partition as long as leadership does not
     /// move.
     pub fn publish_start(&self, msg: &Message) -> Result<(usize, PendingPublish), EngineError> {
-        let (pid, record) = self.record_for(msg);
+        let (pid, key) = self.route(&msg.topic, &msg.publisher);
+        let record = msg.to_record(key);
         Ok((pid, self.publish_records_start(pid, vec![record], Vec::new())?))
     }
 
-    /// The partition `msg` goes to and the record it is stored as (keyed by the stream's
-    /// partition key). With [`Engine::publish_records_start`], lets a caller gather several
-    /// messages for one partition into one batch.
-    pub fn record_for(&self, msg: &Message) -> (usize, log::Record) {
-        let (pid, key) = self.route(&msg.topic, &msg.publisher);
-        (pid, msg.to_record(key))
-    }
-
-    /// Queues `records` (made by [`Engine::record_for`], all for partition `pid`) as one
-    /// batch now; the future resolves with the first record's offset once the batch is
-    /// acknowledged. The records keep their order, and order with earlier and later batches
+    /// Queues `records` (made by [`Message::to_record`] with the key [`Engine::route`] gave,
+    /// all for partition `pid`) as one batch now; the future resolves with the first
+    /// record's offset once the batch is acknowledged. The records keep their order, and order with earlier and later batches
     /// as for [`Engine::publish_start`]. One batch is one write, one CRC and one
     /// acknowledgement instead of one each per message.
     ///

@@ -9,6 +9,8 @@
 //! run is followed by the 4 KB write + fdatasync ceiling of `log-append`.
 //!
 //! `cargo run --release -p axle-log --example ack_paths -- DIR PAIRS`
+mod common;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -183,26 +185,6 @@ fn run(shared: bool, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
     n as f64 / el
 }
 
-fn ceiling(dir: &str) -> f64 {
-    let path = format!("{dir}/ceil.dat");
-    let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("open file");
-    // SAFETY: fallocate on an owned descriptor.
-    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 128 << 20) };
-    let buf = vec![b'c'; 4096];
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut pos = 0;
-    let mut lat = Vec::new();
-    while Instant::now() < deadline {
-        f.write_all_at(&buf, pos).expect("write");
-        pos += 4096;
-        let t = Instant::now();
-        f.sync_data().expect("sync");
-        lat.push(t.elapsed().as_secs_f64());
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    lat[lat.len() / 2]
-}
-
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let dir = a.get(1).cloned().unwrap_or_else(|| "target/exp".into());
@@ -221,7 +203,7 @@ fn main() {
         for shared in [false, true] {
             let syncs = Arc::new(AtomicU64::new(0));
             let rps = run(shared, 2.0, &path, syncs.clone());
-            let l = ceiling(&dir);
+            let l = common::fdatasync_p50_ms(std::path::Path::new(&dir), 1.0) / 1e3;
             println!(
                 "{}: {rps:.0} rec/s, {:.1}/sync, ceiling {:.3} ms, ratio {:.2}",
                 if shared { "SHARED" } else { "CHAN  " },

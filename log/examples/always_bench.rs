@@ -1,9 +1,10 @@
 //! Experiment: the `log-append --quick` target-2 case (fsync = always, 64 appenders of
 //! 100 B records on one partition) and its ceiling, built with only the log crate's deps.
 //! `cargo run --release -p axle-log --example always_bench -- DIR SECONDS RUNS`
+mod common;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -84,28 +85,6 @@ fn run_axle(dir: &Path, secs: f64, zero: bool) -> (f64, f64, f64, f64) {
     (n as f64 / el, fsyncs / el, sync_ms, p50)
 }
 
-fn run_ceiling(dir: &Path, secs: f64) -> f64 {
-    std::fs::create_dir_all(dir).expect("dir");
-    let path = dir.join("ceiling.dat");
-    let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("open");
-    // SAFETY: fallocate on an owned descriptor.
-    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 128 << 20) };
-    let buf = vec![b'c'; 4096];
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut pos = 0u64;
-    let mut lat = Vec::new();
-    while Instant::now() < deadline {
-        f.write_all_at(&buf, pos).expect("write");
-        pos += 4096;
-        let t = Instant::now();
-        f.sync_data().expect("sync");
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    drop(f);
-    let _ = std::fs::remove_file(&path);
-    median(&mut lat)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).cloned().unwrap_or_else(|| "target/exp".into());
@@ -117,7 +96,7 @@ fn main() {
         let zero = std::env::var("ZERO").is_ok_and(|v| v == "1")
             || (std::env::var("ZERO").is_ok_and(|v| v == "alt") && r % 2 == 1);
         let (rps, fps, sync_ms, p50) = run_axle(&base.join("axle"), secs, zero);
-        let lat = run_ceiling(base, 1.0);
+        let lat = common::fdatasync_p50_ms(base, 1.0);
         let ratio = rps / (64.0 / (lat / 1e3));
         println!(
             "run {r} zero={zero}: {rps:.0} records/s, {fps:.0} syncs/s ({:.1}/sync), sync {sync_ms:.3} ms, append p50 {p50:.3} ms, ceiling fdatasync p50 {lat:.3} ms, ratio {ratio:.2}",
