@@ -1,12 +1,17 @@
 //! Experiment (2026-12-07): the smallest `fsync = always` group commit there is, with no log
 //! around it, to see where target 2 of `log-append` can get on this machine at all.
 //!
-//! 64 tokio tasks on a 2-worker runtime each append a 154-byte record and wait for its
-//! acknowledgement; one thread gathers the cohort (polling, as the log's writer does), writes
-//! it with one `pwritev2(RWF_DSYNC)` into a pre-zeroed file, and acknowledges. Two ways to
-//! hand records over, alternated: `CHAN`, one channel message per append (as the log does);
-//! `SHARED`, appenders copy into one locked round buffer and the writer swaps it out. Each
-//! run is followed by the 4 KB write + fdatasync ceiling of `log-append`.
+//! 64 tokio tasks each append a 154-byte record and wait for its acknowledgement; a round
+//! writes the cohort with one `pwritev2(RWF_DSYNC)` into a pre-zeroed file and acknowledges.
+//! Modes, alternated, each followed by the 4 KB write + fdatasync ceiling of `log-append`:
+//! - `CHAN`: a writer thread gathers (polling, as the log's writer thread does); one
+//!   channel message per append; appenders on a 2-worker runtime;
+//! - `SHARED`: the same, but appenders copy into one locked round buffer;
+//! - `CHAN1`: `CHAN` with the appenders on a current-thread runtime;
+//! - `LOCAL2`, `LOCAL`: no writer thread: the round is a task on the appenders' own runtime
+//!   (2 workers, or current-thread) that blocks it in the sync, so acknowledging and
+//!   re-appending wake no other thread. On 2026-12-07 `LOCAL` reached 0.93-1.01 of the
+//!   ceiling where `CHAN` reached 0.40-0.48: the design of `log/src/drive.rs`.
 //!
 //! `cargo run --release -p axle-log --example ack_paths -- DIR PAIRS`
 mod common;
@@ -47,7 +52,7 @@ fn encode(v: &mut Vec<u8>) {
     v[l - 154] = c as u8;
 }
 
-fn run(shared: bool, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
+fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
     let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
     let (tx, rx) = unbounded::<Cmd>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,7 +145,11 @@ fn run(shared: bool, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
             }
         })
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime")
+    };
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let n: u64 = rt.block_on(async {
@@ -185,6 +194,91 @@ fn run(shared: bool, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
     n as f64 / el
 }
 
+/// `LOCAL`: the writer is a task on the appenders' own single-threaded runtime, and blocks
+/// it in `pwritev2(RWF_DSYNC)`: acknowledging and re-appending wake no other thread.
+fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
+    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let round = Arc::new(Mutex::new(Round::default()));
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime")
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (n, el) = rt.block_on(async {
+        let writer = {
+            let stop = stop.clone();
+            let round = round.clone();
+            let ready = ready.clone();
+            let syncs = syncs.clone();
+            tokio::spawn(async move {
+                let mut pos = 0u64;
+                let mut expected = 0usize;
+                let mut spare = Round::default();
+                while !stop.load(Relaxed) {
+                    let have = round.lock().expect("round lock").acks.len();
+                    if have == 0 {
+                        let _ = tokio::time::timeout(Duration::from_millis(10), ready.notified()).await;
+                        continue;
+                    }
+                    let until = Instant::now() + Duration::from_micros(100);
+                    while round.lock().expect("round lock").acks.len() < expected && Instant::now() < until {
+                        // Let the appenders just woken run first.
+                        tokio::task::yield_now().await;
+                    }
+                    {
+                        let mut r = round.lock().expect("round lock");
+                        std::mem::swap(&mut *r, &mut spare);
+                    }
+                    let n = spare.acks.len();
+                    expected = n.max(expected - expected / 8);
+                    dsync(f.as_raw_fd(), pos, &[&spare.buf]);
+                    syncs.fetch_add(1, Relaxed);
+                    pos += spare.buf.len() as u64;
+                    for a in spare.acks.drain(..) {
+                        let _ = a.send(pos);
+                    }
+                    spare.buf.clear();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut ts = Vec::new();
+        for _ in 0..64 {
+            let round = round.clone();
+            let ready = ready.clone();
+            ts.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let (rtx, rrx) = oneshot::channel();
+                    {
+                        let mut r = round.lock().expect("round lock");
+                        encode(&mut r.buf);
+                        r.acks.push(rtx);
+                    }
+                    ready.notify_one();
+                    rrx.await.expect("acknowledged");
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut n = 0;
+        for t in ts {
+            n += t.await.expect("appender task");
+        }
+        let el = started.elapsed().as_secs_f64();
+        stop.store(true, Relaxed);
+        ready.notify_one();
+        let _ = writer.await;
+        (n, el)
+    });
+    n as f64 / el
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let dir = a.get(1).cloned().unwrap_or_else(|| "target/exp".into());
@@ -200,13 +294,19 @@ fn main() {
         f.sync_all().expect("sync");
     }
     for _ in 0..reps {
-        for shared in [false, true] {
+        for mode in ["CHAN  ", "SHARED", "CHAN1 ", "LOCAL2", "LOCAL "] {
             let syncs = Arc::new(AtomicU64::new(0));
-            let rps = run(shared, 2.0, &path, syncs.clone());
+            let rps = match mode {
+                "CHAN  " => run(false, 2, 2.0, &path, syncs.clone()),
+                "SHARED" => run(true, 2, 2.0, &path, syncs.clone()),
+                "CHAN1 " => run(false, 1, 2.0, &path, syncs.clone()),
+                "LOCAL2" => run_local(2, 2.0, &path, syncs.clone()),
+                _ => run_local(1, 2.0, &path, syncs.clone()),
+            };
             let l = common::fdatasync_p50_ms(std::path::Path::new(&dir), 1.0) / 1e3;
             println!(
                 "{}: {rps:.0} rec/s, {:.1}/sync, ceiling {:.3} ms, ratio {:.2}",
-                if shared { "SHARED" } else { "CHAN  " },
+                mode,
                 rps * 2.0 / syncs.load(Relaxed) as f64,
                 l * 1e3,
                 rps / (64.0 / l)

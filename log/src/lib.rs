@@ -25,6 +25,7 @@ mod batch;
 mod builder;
 mod cohort;
 mod config;
+mod drive;
 mod epochs;
 mod error;
 mod flusher;
@@ -46,10 +47,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -69,6 +71,7 @@ pub use recovery::RecoveryReport;
 pub use segment::Span;
 pub use writer::{Appended, WriterStats};
 
+use drive::Drive;
 use partition::PartitionShared;
 use writer::{Command, Writer};
 
@@ -82,7 +85,7 @@ pub struct Log {
 struct LogInner {
     dir: PathBuf,
     config: Arc<LogConfig>,
-    tx: Sender<Command>,
+    drive: Arc<Drive>,
     partitions: Mutex<HashMap<String, Partition>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     backend: &'static str,
@@ -97,7 +100,7 @@ struct LogInner {
 pub struct Partition {
     shared: Arc<PartitionShared>,
     index: usize,
-    tx: Sender<Command>,
+    drive: Arc<Drive>,
     max_batch: usize,
 }
 
@@ -155,20 +158,22 @@ impl Log {
             writers.push(w);
         }
         let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(WriterStats::default());
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut shared = Vec::new();
+        for w in &writers {
+            shared.push(w.shared.clone());
+        }
+        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone(), pending.clone())
+            .map_err(|e| LogError::io(&dir, e))?;
+        let (drive, thread) = Drive::start(tx, pending, writer).map_err(|e| LogError::io(&dir, e))?;
         let mut partitions = HashMap::new();
-        for (i, w) in writers.iter().enumerate() {
+        for (i, sh) in shared.into_iter().enumerate() {
             partitions.insert(
-                w.shared.name.clone(),
-                Partition { shared: w.shared.clone(), index: i, tx: tx.clone(), max_batch: config.max_batch_bytes },
+                sh.name.clone(),
+                Partition { shared: sh, index: i, drive: drive.clone(), max_batch: config.max_batch_bytes },
             );
         }
-        let stats = Arc::new(WriterStats::default());
-        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone())
-            .map_err(|e| LogError::io(&dir, e))?;
-        let thread = std::thread::Builder::new()
-            .name("axle-log-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| LogError::io(&dir, e))?;
         let recovered = reports.values().filter(|r| !r.clean).count();
         if names.is_empty() {
             tracing::info!(dir = %dir.display(), backend = backend_name, "log opened (empty)");
@@ -181,7 +186,7 @@ impl Log {
             inner: Arc::new(LogInner {
                 dir,
                 config,
-                tx,
+                drive,
                 partitions: Mutex::new(partitions),
                 thread: Mutex::new(Some(thread)),
                 backend: backend_name,
@@ -204,10 +209,11 @@ impl Log {
         let (w, report) = recovery::open_partition(&self.inner.dir.join(name), name, &self.inner.config)?;
         let shared = w.shared.clone();
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner.tx.send(Command::AddPartition { writer: Box::new(w), reply }).map_err(|_| LogError::Closed)?;
+        self.inner.drive.send(Command::AddPartition { writer: Box::new(w), reply })?;
         let index = rx.recv().map_err(|_| LogError::Closed)?;
         self.inner.reports.lock().insert(name.to_string(), report);
-        let p = Partition { shared, index, tx: self.inner.tx.clone(), max_batch: self.inner.config.max_batch_bytes };
+        let p =
+            Partition { shared, index, drive: self.inner.drive.clone(), max_batch: self.inner.config.max_batch_bytes };
         parts.insert(name.to_string(), p.clone());
         Ok(p)
     }
@@ -251,14 +257,14 @@ impl Log {
     /// Forces an `fdatasync` of everything written and acknowledges it.
     pub fn flush(&self) -> Result<()> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner.tx.send(Command::Flush { reply }).map_err(|_| LogError::Closed)?;
+        self.inner.drive.send(Command::Flush { reply })?;
         rx.recv().map_err(|_| LogError::Closed)?
     }
 
     /// Applies the retention limits now; returns how many segments were deleted.
     pub fn enforce_retention(&self) -> Result<usize> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.inner.tx.send(Command::Retention { reply }).map_err(|_| LogError::Closed)?;
+        self.inner.drive.send(Command::Retention { reply })?;
         rx.recv().map_err(|_| LogError::Closed)?
     }
 
@@ -269,7 +275,7 @@ impl Log {
             return Ok(());
         };
         let (reply, rx) = crossbeam_channel::bounded(1);
-        let result = match self.inner.tx.send(Command::Shutdown { reply }) {
+        let result = match self.inner.drive.send(Command::Shutdown { reply }) {
             Ok(()) => rx.recv().unwrap_or(Err(LogError::Closed)),
             Err(_) => Err(LogError::Closed),
         };
@@ -283,7 +289,7 @@ impl Drop for LogInner {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.lock().take() {
             let (reply, rx) = crossbeam_channel::bounded(1);
-            if self.tx.send(Command::Shutdown { reply }).is_ok() {
+            if self.drive.send(Command::Shutdown { reply }).is_ok() {
                 let _ = rx.recv();
             }
             let _ = thread.join();
@@ -307,15 +313,70 @@ fn log_report(name: &str, r: &RecoveryReport) {
 }
 
 /// An append already queued to the writer; resolves with its acknowledgement.
+///
+/// Under `fsync = always` the first poll may make this append the one that runs the next
+/// round on the polling thread (see `drive.rs`): it then yields while the cohort gathers,
+/// for at most about one sync, and blocks the thread for the write and sync.
 pub struct PendingAppend {
     rx: oneshot::Receiver<Result<Appended>>,
+    lead: Lead,
+}
+
+/// Whether a [`PendingAppend`] runs a round.
+enum Lead {
+    /// Not polled yet: will try for the role.
+    Untried(Arc<Drive>),
+    /// Holds the role and gathers the cohort until the instant, then runs the round.
+    Gathering(Arc<Drive>, Instant),
+    /// Only waits.
+    Waiting,
+}
+
+impl PendingAppend {
+    fn new(rx: oneshot::Receiver<Result<Appended>>, drive: &Arc<Drive>) -> Self {
+        let lead = if drive.by_appenders() { Lead::Untried(drive.clone()) } else { Lead::Waiting };
+        PendingAppend { rx, lead }
+    }
 }
 
 impl std::future::Future for PendingAppend {
     type Output = Result<Appended>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+        let this = &mut *self;
+        match std::mem::replace(&mut this.lead, Lead::Waiting) {
+            Lead::Untried(drive) => {
+                if drive.try_take_role() {
+                    // Yield once in any case: the appenders the last round acknowledged
+                    // may be queued behind this task on this thread, not yet re-appended.
+                    let until = drive.cohort_wait().unwrap_or_else(Instant::now);
+                    this.lead = Lead::Gathering(drive, until);
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+            }
+            Lead::Gathering(drive, until) => {
+                if Instant::now() < until && drive.wants_more() {
+                    // Let the appenders just acknowledged run and re-append first.
+                    this.lead = Lead::Gathering(drive, until);
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                drive.run_queued();
+                drive.release_role();
+            }
+            Lead::Waiting => {}
+        }
+        std::pin::Pin::new(&mut this.rx).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        // Dropped while holding the role: hand the queue to the writer thread.
+        if let Lead::Gathering(drive, _) = &self.lead {
+            drive.release_role();
+        }
     }
 }
 
@@ -336,7 +397,7 @@ impl Partition {
             return Err(LogError::BatchTooLarge { size: batch.len(), max: self.max_batch });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Append { partition: self.index, batch, memo, reply }).map_err(|_| LogError::Closed)?;
+        self.drive.send_append(Command::Append { partition: self.index, batch, memo, reply })?;
         Ok(rx)
     }
 
@@ -344,7 +405,7 @@ impl Partition {
     /// order) and returns a future for its acknowledgement. Encoding and queueing happen
     /// before this returns; the future only waits.
     pub fn append_start(&self, records: &[Record]) -> Result<PendingAppend> {
-        Ok(PendingAppend { rx: self.submit(records, None)? })
+        Ok(PendingAppend::new(self.submit(records, None)?, &self.drive))
     }
 
     /// [`Partition::append_start`] that also files `memo`, the caller's in-memory form of
@@ -352,7 +413,7 @@ impl Partition {
     /// first with [`TailReader::next_chunk`] takes the memo instead of reading the records
     /// back. The log never looks inside it; `memo.rs` has the rules and bounds.
     pub fn append_start_with(&self, records: &[Record], memo: Memo) -> Result<PendingAppend> {
-        Ok(PendingAppend { rx: self.submit(records, Some(memo))? })
+        Ok(PendingAppend::new(self.submit(records, Some(memo))?, &self.drive))
     }
 
     /// [`Partition::append_start`] of a batch built record by record (see [`BatchBuilder`]),
@@ -360,20 +421,18 @@ impl Partition {
     /// [`LogError::EmptyAppend`].
     pub fn append_built_start(&self, batch: BatchBuilder, memo: Option<Memo>) -> Result<PendingAppend> {
         let batch = batch.finish().ok_or(LogError::EmptyAppend)?;
-        Ok(PendingAppend { rx: self.submit_encoded(batch, memo)? })
+        Ok(PendingAppend::new(self.submit_encoded(batch, memo)?, &self.drive))
     }
 
     /// Appends `records` as one batch. Resolves once the batch is durable under the fsync
     /// policy (and visible to readers), with the offsets it got.
     pub async fn append(&self, records: &[Record]) -> Result<Appended> {
-        let rx = self.submit(records, None)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.append_start(records)?.await
     }
 
     /// [`Partition::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, records: &[Record]) -> Result<Appended> {
-        let rx = self.submit(records, None)?;
-        futures::executor::block_on(rx).map_err(|_| LogError::Closed)?
+        futures::executor::block_on(self.append_start(records)?)
     }
 
     /// Records from `offset` on; see [`Bounds`] for the readable range. At most `max_records`
@@ -435,7 +494,7 @@ impl Partition {
     /// Sets the leader epoch stamped on later batches (appends queued after this call get it;
     /// sealed appends keep their own).
     pub fn set_leader_epoch(&self, epoch: u32) -> Result<()> {
-        self.tx.send(Command::SetEpoch { partition: self.index, epoch }).map_err(|_| LogError::Closed)
+        self.drive.send(Command::SetEpoch { partition: self.index, epoch })
     }
 
     /// Bytes of readable data.

@@ -73,8 +73,8 @@ impl Partition {
     pub fn append_sealed_start(&self, batches: Vec<Bytes>) -> Result<PendingAppend> {
         let batches = self.validate_sealed(batches)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::AppendSealed { partition: self.index, batches, reply }).map_err(|_| LogError::Closed)?;
-        Ok(PendingAppend { rx })
+        self.drive.send_append(Command::AppendSealed { partition: self.index, batches, reply })?;
+        Ok(PendingAppend::new(rx, &self.drive))
     }
 
     /// Appends batches sealed by another node, keeping their base offsets and leader epochs
@@ -148,7 +148,7 @@ impl Partition {
 
     fn truncate_start(&self, to: u64) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Truncate { partition: self.index, to, reply }).map_err(|_| LogError::Closed)?;
+        self.drive.send(Command::Truncate { partition: self.index, to, reply })?;
         Ok(rx)
     }
 

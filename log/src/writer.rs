@@ -20,7 +20,7 @@
 
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,6 +118,11 @@ pub struct Writer {
     /// Set after an inline round acknowledged appends: its appenders usually append again
     /// within tens of microseconds, so poll for them before blocking.
     spin_next: bool,
+    /// Commands sent and not yet taken off `rx`: senders add one before sending, the
+    /// writer takes one off per command received. Shared with [`crate::drive::Drive`].
+    pending: Arc<AtomicUsize>,
+    /// Set by shutdown: files are closed, and commands are refused.
+    closed: bool,
 }
 
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
@@ -134,6 +139,7 @@ impl Writer {
         cfg: Arc<LogConfig>,
         parts: Vec<PartitionWriter>,
         stats: Arc<WriterStats>,
+        pending: Arc<AtomicUsize>,
     ) -> std::io::Result<Self> {
         let (tx, frx) = crossbeam_channel::unbounded();
         let fstats = stats.clone();
@@ -158,6 +164,8 @@ impl Writer {
             inline,
             cohort: Cohort::default(),
             spin_next: false,
+            pending,
+            closed: false,
         })
     }
 
@@ -176,9 +184,9 @@ impl Writer {
         }
     }
 
-    /// Runs until shutdown or until every sender is gone.
-    pub fn run(mut self) {
-        crate::cohort::fine_timer_slack();
+    /// Runs until shutdown or until every sender is gone: the writer thread's loop when the
+    /// writer thread runs every round (see [`crate::drive`] for when appenders do).
+    pub fn run(&mut self) {
         loop {
             let deadline = match self.cfg.fsync {
                 FsyncPolicy::Interval(d) if self.parts.iter().any(|p| p.unsynced) => {
@@ -190,66 +198,120 @@ impl Writer {
             self.spin_next = false;
             let got = match spun {
                 Some(c) => Ok(c),
-                None => self.rx.recv_deadline(deadline),
+                None => self.rx.recv_deadline(deadline).inspect(|_| self.took_one()),
             };
-            let first = match got {
-                Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.maybe_background_sync();
-                    if Instant::now() >= self.next_retention {
-                        self.retention_all();
+            match got {
+                Ok(first) => {
+                    if self.round(first, true) {
+                        return;
                     }
-                    continue;
                 }
+                Err(RecvTimeoutError::Timeout) => self.housekeeping(),
                 Err(RecvTimeoutError::Disconnected) => {
                     let _ = self.shutdown();
                     return;
                 }
-            };
-            let mut controls = Vec::new();
-            let mut bytes = 0usize;
-            let now = now_ms();
-            let mut barrier = self.take(first, &mut controls, &mut bytes, now);
-            while bytes < self.cfg.max_round_bytes && !barrier {
-                match self.rx.try_recv() {
-                    Ok(c) => barrier = self.take(c, &mut controls, &mut bytes, now),
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                }
             }
-            if self.inline_possible() && !barrier && controls.is_empty() {
+        }
+    }
+
+    /// Counts a command taken off the queue (see [`Writer::pending`]).
+    fn took_one(&self) {
+        self.pending.fetch_sub(1, SeqCst);
+    }
+
+    /// The next queued command, if any, without waiting.
+    pub fn try_next(&mut self) -> Option<Command> {
+        let c = self.rx.try_recv().ok()?;
+        self.took_one();
+        Some(c)
+    }
+
+    /// Whether this writer has shut down (its files are closed; it takes no more commands).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a round about to carry `have` acknowledgements should wait for more, and
+    /// until when (see [`Cohort`]).
+    pub fn cohort_wait(&self, have: usize) -> Option<Instant> {
+        self.cohort.wants_more(have).then(|| self.cohort.deadline())
+    }
+
+    /// Timed work: a due interval sync and retention.
+    pub fn housekeeping(&mut self) {
+        self.maybe_background_sync();
+        if Instant::now() >= self.next_retention {
+            self.retention_all();
+        }
+    }
+
+    /// One round starting with `first`: gathers what is queued behind it (and, if `gather`,
+    /// waits for the cohort of an inline sync on this thread), writes it, then runs the
+    /// controls that came with it. Returns true once the writer has shut down.
+    pub fn round(&mut self, first: Command, gather: bool) -> bool {
+        if self.closed {
+            Self::refuse(first);
+            return true;
+        }
+        let mut controls = Vec::new();
+        let mut bytes = 0usize;
+        let now = now_ms();
+        let mut barrier = self.take(first, &mut controls, &mut bytes, now);
+        while bytes < self.cfg.max_round_bytes && !barrier {
+            match self.try_next() {
+                Some(c) => barrier = self.take(c, &mut controls, &mut bytes, now),
+                None => break,
+            }
+        }
+        if self.inline_possible() && !barrier && controls.is_empty() {
+            let mut have = self.staged_acks();
+            if gather && self.cohort.wants_more(have) {
                 // The sync is about to happen on this thread: wait for the cohort here.
-                let mut have = self.staged_acks();
-                if self.cohort.wants_more(have) {
-                    let until = self.cohort.deadline();
-                    'wait: while self.cohort.wants_more(have) && Instant::now() < until {
-                        // Yield rather than sleep: a sleeping thread's vCPU may halt, and
-                        // waking it costs tens of microseconds on a VM (measured: the
-                        // gather took ~90 µs sleeping, ~30 µs yielding).
-                        std::thread::yield_now();
-                        while let Ok(c) = self.rx.try_recv() {
-                            barrier = self.take(c, &mut controls, &mut bytes, now);
-                            if barrier || bytes >= self.cfg.max_round_bytes {
-                                break 'wait;
-                            }
+                let until = self.cohort.deadline();
+                'wait: while self.cohort.wants_more(have) && Instant::now() < until {
+                    // Yield rather than sleep: a sleeping thread's vCPU may halt, and
+                    // waking it costs tens of microseconds on a VM (measured: the
+                    // gather took ~90 µs sleeping, ~30 µs yielding).
+                    std::thread::yield_now();
+                    while let Some(c) = self.try_next() {
+                        barrier = self.take(c, &mut controls, &mut bytes, now);
+                        if barrier || bytes >= self.cfg.max_round_bytes {
+                            break 'wait;
                         }
-                        have = self.staged_acks();
                     }
                     have = self.staged_acks();
                 }
-                self.cohort.gathered(have);
+                have = self.staged_acks();
             }
-            if bytes > 0 {
-                self.write_round();
-                self.maybe_background_sync();
+            self.cohort.gathered(have);
+        }
+        if bytes > 0 {
+            self.write_round();
+            self.maybe_background_sync();
+        }
+        for c in controls {
+            if self.control(c) {
+                return true;
             }
-            for c in controls {
-                if self.control(c) {
-                    return;
-                }
+        }
+        if Instant::now() >= self.next_retention {
+            self.retention_all();
+        }
+        false
+    }
+
+    /// Answers a command that arrived after shutdown.
+    fn refuse(c: Command) {
+        match c {
+            Command::Append { reply, .. } | Command::AppendSealed { reply, .. } => {
+                let _ = reply.send(Err(LogError::Closed));
             }
-            if Instant::now() >= self.next_retention {
-                self.retention_all();
+            Command::Truncate { reply, .. } => {
+                let _ = reply.send(Err(LogError::Closed));
             }
+            // The other replies are dropped, which their callers read as `Closed`.
+            _ => {}
         }
     }
 
@@ -306,12 +368,21 @@ impl Writer {
         let until = Instant::now() + SPIN;
         while Instant::now() < until {
             match self.rx.try_recv() {
-                Ok(c) => return Some(c),
+                Ok(c) => {
+                    self.took_one();
+                    return Some(c);
+                }
                 Err(TryRecvError::Empty) => std::thread::yield_now(),
                 Err(TryRecvError::Disconnected) => return None,
             }
         }
         None
+    }
+
+    /// Whether `fsync = always` rounds are synced by the thread that runs them (`RWF_DSYNC`),
+    /// so that an appender running a round acknowledges its cohort without a thread hop.
+    pub fn syncs_inline(&self) -> bool {
+        self.inline && self.cfg.fsync == FsyncPolicy::Always
     }
 
     /// Whether the next `always` round may be written and synced on this thread.
@@ -535,17 +606,13 @@ impl Writer {
             }
             p.shared.mark_closed();
         }
-        while let Ok(c) = self.rx.try_recv() {
-            match c {
-                Command::Append { reply, .. } | Command::AppendSealed { reply, .. } => {
-                    let _ = reply.send(Err(LogError::Closed));
-                }
-                Command::Truncate { reply, .. } => {
-                    let _ = reply.send(Err(LogError::Closed));
-                }
-                _ => {}
-            }
+        self.closed = true;
+        while let Some(c) = self.try_next() {
+            Self::refuse(c);
         }
+        // Drop the queue's receiving end: sends from now on fail with `Closed` at once
+        // instead of waiting for a writer that is gone.
+        self.rx = crossbeam_channel::never();
         tracing::info!(backend = self.backend.name(), "log closed cleanly");
         result
     }

@@ -41,6 +41,13 @@ struct Args {
     /// within minutes on a shared VM, so one pair decides nothing).
     #[arg(long, default_value_t = 5)]
     target2_runs: usize,
+    /// Threads of the tokio runtime the appenders run on; 1 is a current-thread runtime.
+    /// Under `fsync = always` an appender runs its round's write and sync on its own thread
+    /// (log/src/drive.rs), so on this 2-vCPU machine one appender thread (the writer's
+    /// helper threads take the other vCPU) avoids a cross-thread wake-up per round that a
+    /// second worker costs (docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
+    appender_threads: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -70,12 +77,22 @@ fn policy_name(p: FsyncPolicy) -> String {
     }
 }
 
-fn run_axle(dir: &Path, case: Case, secs: f64, backend: IoBackendKind) -> anyhow::Result<Outcome> {
+fn run_axle(
+    dir: &Path,
+    case: Case,
+    secs: f64,
+    backend: IoBackendKind,
+    appender_threads: usize,
+) -> anyhow::Result<Outcome> {
     let _ = std::fs::remove_dir_all(dir);
     let cfg = LogConfig { fsync: case.fsync, io_backend: backend, retention_age: None, ..LogConfig::default() };
     let log = Log::open(dir, cfg)?;
     let parts: Vec<_> = (0..case.partitions).map(|i| log.partition(&format!("p-{i}"))).collect::<Result<_, _>>()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = if appender_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(appender_threads).enable_all().build()?
+    };
     let value = Bytes::from(vec![b'v'; case.size]);
     // Warm up: create files, fault in the code paths.
     rt.block_on(async {
@@ -201,7 +218,12 @@ fn main() -> anyhow::Result<()> {
     let backend_name = probe.io_backend();
     probe.close()?;
     let _ = std::fs::remove_dir_all(base.join("probe"));
-    println!("log-append: {} s per case, write path {backend_name}, dir {}", args.seconds, base.display());
+    println!(
+        "log-append: {} s per case, write path {backend_name}, dir {}, appenders on {} runtime thread(s)",
+        args.seconds,
+        base.display(),
+        args.appender_threads.max(1)
+    );
     println!("ceiling = one thread, sequential pwrite of the same record size + fdatasync at the same policy, same filesystem, same run");
     println!();
     println!("| parts | record | fsync | appenders | records/s | MB/s | fsyncs/s | p50 ms | p99 ms | sync ms | ceiling MB/s | fraction |");
@@ -209,7 +231,7 @@ fn main() -> anyhow::Result<()> {
     let mut target1 = Vec::new();
     let mut target2 = Vec::new();
     for case in cases {
-        let o = run_axle(&base.join("axle"), case, args.seconds, backend)?;
+        let o = run_axle(&base.join("axle"), case, args.seconds, backend, args.appender_threads)?;
         let (ceil_mb, sync_p50) = run_ceiling(&base, case.size, case.fsync, args.seconds.min(2.0))?;
         let frac = o.mb_per_s / ceil_mb;
         println!(
@@ -262,7 +284,7 @@ fn main() -> anyhow::Result<()> {
         println!("| run | records/s | appends per sync | Axle sync ms | fdatasync p50 ms | 64/latency | ratio |");
         println!("|---:|---:|---:|---:|---:|---:|---:|");
         for run in 1..=args.target2_runs {
-            let o = run_axle(&base.join("axle"), case, args.seconds, backend)?;
+            let o = run_axle(&base.join("axle"), case, args.seconds, backend, args.appender_threads)?;
             let (_, lat) = run_ceiling(&base, 4096, FsyncPolicy::Always, 1.0)?;
             let ideal = 64.0 / (lat / 1e3);
             ratios.push(o.records_per_s / ideal);
