@@ -1,26 +1,28 @@
 //! Who runs the writer's rounds: the writer thread, or under `fsync = always` the appenders
 //! themselves.
 //!
-//! Every command goes through one queue, in order, and a round is run by whoever holds the
-//! *role* (one holder at a time). Under `fsync = always` with inline syncs
-//! ([`Writer::syncs_inline`]) the appender whose append finds the role free takes it, waits
-//! (by yielding its task) for the cohort acknowledged by the previous round to re-append,
-//! and runs the round on its own thread: it writes and syncs with one `pwritev2(RWF_DSYNC)`
-//! and acknowledges. Acknowledgements and re-appends then stay on the appenders' threads;
-//! with a writer thread in between, every round paid two cross-thread wake-ups (tens of
-//! microseconds each on a VM, as long as the sync itself; `docs/decisions.md`). This is the
-//! leader of a group commit as in RocksDB's write thread or MySQL's binlog group commit.
+//! Every command goes through one queue, in order, and a round takes what is queued under
+//! the writer's lock, which is only ever held while a round runs (never across an `.await`).
+//! Under `fsync = always` with inline syncs ([`Writer::syncs_inline`]) the appender whose
+//! append finds no *leader* becomes it: it yields its task while the cohort the last round
+//! acknowledged re-appends, then runs the round on its own thread: it writes and syncs with
+//! one `pwritev2(RWF_DSYNC)` and acknowledges. Acknowledgements and re-appends then stay on
+//! the appenders' threads; with a writer thread in between, every round paid two
+//! cross-thread wake-ups (tens of microseconds each on a VM, as long as the sync itself;
+//! `docs/decisions.md`). This is the leader of a group commit as in RocksDB's write thread
+//! or MySQL's binlog group commit.
 //!
-//! The writer thread stays for everything else: other policies (it holds the role for
-//! good), controls (flush, truncate, retention, shutdown) that ring its doorbell, timed
-//! retention, and appends whose holder let the role go with commands still queued.
+//! The writer thread stays for everything else: other policies (it holds the lock for
+//! good), controls (flush, truncate, retention, shutdown; they ring its doorbell and it runs
+//! them at once, leader or not, so a blocking control never waits on a yielded task), timed
+//! retention, and appends left queued when a leader stepped down.
 //!
 //! Invariants:
-//! - Only the role holder locks the writer, so that lock is never contended.
-//! - No queued command is stranded: senders count themselves in `pending` before sending
-//!   and try for the role after; a holder gives the role up before reading `pending` and
-//!   rings the doorbell if it is non-zero. All four are `SeqCst`, so either the sender
-//!   gets the role or the holder sees its command.
+//! - No queued append is stranded: senders count themselves in `pending` before sending and
+//!   try to lead after; a leader steps down before reading `pending` and rings the doorbell
+//!   if it is non-zero. All four are `SeqCst`, so either the sender leads or the leader
+//!   sees its command.
+//! - The writer's lock is held only by a synchronous round, so waiting for it is bounded.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -36,12 +38,15 @@ use crate::writer::{Command, Writer};
 /// How often the writer thread looks at retention when appenders run the rounds.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
-/// The writer, its queue and the role that decides who runs it.
+/// The writer, its queue, and who leads its rounds.
 pub struct Drive {
     tx: Sender<Command>,
     /// See [`Writer`]'s `pending`.
     pending: Arc<AtomicUsize>,
-    role: AtomicBool,
+    /// Set while an appender leads (gathers its cohort, then runs the round).
+    led: AtomicBool,
+    /// Set by a control sent and not yet run: the writer thread runs it even under a leader.
+    urgent: AtomicBool,
     writer: Mutex<Writer>,
     doorbell: Sender<()>,
     /// Appenders run rounds (`fsync = always` with inline syncs); fixed at open.
@@ -61,7 +66,8 @@ impl Drive {
         let drive = Arc::new(Drive {
             tx,
             pending,
-            role: AtomicBool::new(false),
+            led: AtomicBool::new(false),
+            urgent: AtomicBool::new(false),
             by_appenders: writer.syncs_inline(),
             writer: Mutex::new(writer),
             doorbell,
@@ -77,7 +83,7 @@ impl Drive {
         self.by_appenders
     }
 
-    /// Queues an append; the caller then drives or waits ([`Drive::try_take_role`]).
+    /// Queues an append; the caller then leads or waits ([`Drive::try_lead`]).
     pub fn send_append(&self, c: Command) -> Result<()> {
         self.pending.fetch_add(1, SeqCst);
         self.tx.send(c).map_err(|_| {
@@ -86,33 +92,39 @@ impl Drive {
         })
     }
 
-    /// Queues a control command (or a non-append write) and makes sure it is run soon.
+    /// Queues a control command and makes sure it is run soon.
     pub fn send(&self, c: Command) -> Result<()> {
         self.send_append(c)?;
-        if self.by_appenders {
-            let _ = self.doorbell.try_send(());
-        }
+        self.nudge();
         Ok(())
     }
 
-    /// Takes the role if it is free (appenders only; the thread holds it otherwise).
-    pub fn try_take_role(&self) -> bool {
-        self.by_appenders && self.role.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
+    /// Has the writer thread run what is queued now, leader or not: for callers about to
+    /// block their thread, which may be the one a parked leader needs.
+    pub fn nudge(&self) {
+        if self.by_appenders {
+            self.urgent.store(true, SeqCst);
+            let _ = self.doorbell.try_send(());
+        }
     }
 
-    /// For the role holder: until when to wait for the cohort before running a round,
-    /// or `None` to run it now.
+    /// Becomes the leader if there is none (appenders only).
+    pub fn try_lead(&self) -> bool {
+        self.by_appenders && self.led.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
+    }
+
+    /// For the leader: until when to wait for the cohort before running a round, or `None`
+    /// to run it now.
     pub fn cohort_wait(&self) -> Option<Instant> {
         self.writer.lock().cohort_wait(self.pending.load(SeqCst))
     }
 
-    /// For the role holder: whether the cohort is still gathering (see [`Drive::cohort_wait`]).
+    /// For the leader: whether the cohort is still gathering (see [`Drive::cohort_wait`]).
     pub fn wants_more(&self) -> bool {
         self.writer.lock().cohort_wait(self.pending.load(SeqCst)).is_some()
     }
 
-    /// For the role holder: runs rounds until the queue is empty. Returns true once the
-    /// writer has shut down.
+    /// Runs rounds until the queue is empty. Returns true once the writer has shut down.
     pub fn run_queued(&self) -> bool {
         let mut w = self.writer.lock();
         while let Some(first) = w.try_next() {
@@ -126,10 +138,10 @@ impl Drive {
         w.is_closed()
     }
 
-    /// Gives the role up, ringing the writer thread if commands are left in the queue (or
-    /// the writer shut down, which the thread must notice).
-    pub fn release_role(&self) {
-        self.role.store(false, SeqCst);
+    /// Steps down as leader, ringing the writer thread if commands are left in the queue
+    /// (or the writer shut down, which the thread must notice).
+    pub fn step_down(&self) {
+        self.led.store(false, SeqCst);
         if self.pending.load(SeqCst) > 0 || self.closed.load(SeqCst) {
             let _ = self.doorbell.try_send(());
         }
@@ -153,31 +165,23 @@ impl Drive {
             if self.closed.load(SeqCst) {
                 return;
             }
-            if !timed_out && self.pending.load(SeqCst) == 0 {
+            let urgent = self.urgent.swap(false, SeqCst);
+            // Appends under a leader are the leader's: it rings again when it steps down
+            // with anything left.
+            let leftover = self.pending.load(SeqCst) > 0 && !self.led.load(SeqCst);
+            if !(timed_out || urgent || leftover) {
                 continue;
             }
-            // A busy role means an appender is running rounds: it rings again on release
-            // if anything is left, and housekeeping can wait for the next timeout.
-            if self.role.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
-                if timed_out {
-                    next_housekeeping = Instant::now() + Duration::from_millis(100);
-                }
-                continue;
-            }
-            let closed = self.run_queued() || {
-                let mut w = self.writer.lock();
-                if timed_out {
-                    w.housekeeping();
-                    next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
-                }
-                w.is_closed()
-            };
-            self.role.store(false, SeqCst);
-            if closed {
+            if self.run_queued() {
                 return;
             }
-            if self.pending.load(SeqCst) > 0 {
-                let _ = self.doorbell.try_send(());
+            if timed_out {
+                let mut w = self.writer.lock();
+                w.housekeeping();
+                next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+                if w.is_closed() {
+                    return;
+                }
             }
         }
     }

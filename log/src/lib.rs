@@ -314,7 +314,7 @@ fn log_report(name: &str, r: &RecoveryReport) {
 
 /// An append already queued to the writer; resolves with its acknowledgement.
 ///
-/// Under `fsync = always` the first poll may make this append the one that runs the next
+/// Under `fsync = always` the first poll may make this append the leader that runs the next
 /// round on the polling thread (see `drive.rs`): it then yields while the cohort gathers,
 /// for at most about one sync, and blocks the thread for the write and sync.
 pub struct PendingAppend {
@@ -324,9 +324,9 @@ pub struct PendingAppend {
 
 /// Whether a [`PendingAppend`] runs a round.
 enum Lead {
-    /// Not polled yet: will try for the role.
+    /// Not polled yet: will try to lead.
     Untried(Arc<Drive>),
-    /// Holds the role and gathers the cohort until the instant, then runs the round.
+    /// Leads: gathers the cohort until the instant, then runs the round.
     Gathering(Arc<Drive>, Instant),
     /// Only waits.
     Waiting,
@@ -346,7 +346,7 @@ impl std::future::Future for PendingAppend {
         let this = &mut *self;
         match std::mem::replace(&mut this.lead, Lead::Waiting) {
             Lead::Untried(drive) => {
-                if drive.try_take_role() {
+                if drive.try_lead() {
                     // Yield once in any case: the appenders the last round acknowledged
                     // may be queued behind this task on this thread, not yet re-appended.
                     let until = drive.cohort_wait().unwrap_or_else(Instant::now);
@@ -363,7 +363,7 @@ impl std::future::Future for PendingAppend {
                     return std::task::Poll::Pending;
                 }
                 drive.run_queued();
-                drive.release_role();
+                drive.step_down();
             }
             Lead::Waiting => {}
         }
@@ -373,9 +373,9 @@ impl std::future::Future for PendingAppend {
 
 impl Drop for PendingAppend {
     fn drop(&mut self) {
-        // Dropped while holding the role: hand the queue to the writer thread.
+        // Dropped while leading: hand the queue to the writer thread.
         if let Lead::Gathering(drive, _) = &self.lead {
-            drive.release_role();
+            drive.step_down();
         }
     }
 }
@@ -432,7 +432,9 @@ impl Partition {
 
     /// [`Partition::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, records: &[Record]) -> Result<Appended> {
-        futures::executor::block_on(self.append_start(records)?)
+        let pending = self.append_start(records)?;
+        self.drive.nudge();
+        futures::executor::block_on(pending)
     }
 
     /// Records from `offset` on; see [`Bounds`] for the readable range. At most `max_records`

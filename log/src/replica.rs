@@ -88,7 +88,9 @@ impl Partition {
 
     /// [`Partition::append_sealed`] for threads outside an async runtime.
     pub fn append_sealed_blocking(&self, batches: Vec<Bytes>) -> Result<Appended> {
-        futures::executor::block_on(self.append_sealed_start(batches)?)
+        let pending = self.append_sealed_start(batches)?;
+        self.drive.nudge();
+        futures::executor::block_on(pending)
     }
 
     fn validate_sealed(&self, batches: Vec<Bytes>) -> Result<Vec<SealedBatch>> {

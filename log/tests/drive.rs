@@ -1,6 +1,7 @@
 //! Under `fsync = always` appenders run the writer's rounds themselves (`drive.rs`): these
 //! tests hold that every append is still acknowledged exactly once, in order, whoever runs
-//! the round, and that an append given up while it held the role strands nothing.
+//! the round, that an append given up while leading strands nothing, and that a blocking
+//! control never waits for a leader parked behind it.
 
 mod common;
 
@@ -51,7 +52,7 @@ fn an_append_dropped_while_leading_its_round_is_still_written_by_the_writer_thre
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path(), config(backend));
         let p = log.partition("p").unwrap();
-        // Polled once: under `always` with inline syncs it takes the role and yields to
+        // Polled once: under `always` with inline syncs it becomes the leader and yields to
         // gather its cohort; dropping it then must hand the queued append on.
         let first = p.append_start(&[rec(0)]).unwrap();
         let polled = first.now_or_never();
@@ -82,4 +83,23 @@ fn an_append_dropped_while_leading_does_not_stall_close_or_later_appends_from_ot
     assert_eq!(p.read(0, 10, usize::MAX).unwrap().len(), 4);
     log.close().unwrap();
     assert!(p.append_blocking(&[rec(9)]).is_err(), "appends after close fail, they do not hang");
+}
+
+#[test]
+fn a_blocking_control_does_not_wait_for_a_leader_parked_on_the_same_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(IoBackendKind::Pwrite));
+    let p = log.partition("p").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut leading = p.append_start(&[rec(0)]).unwrap();
+        // One poll: it leads and yields; the only thread that could poll it again is this one.
+        assert!(futures::poll!(&mut leading).is_pending());
+        log.flush().unwrap();
+        let q = log.partition("q").unwrap();
+        assert_eq!(q.append_blocking(&[rec(1)]).unwrap().base_offset, 0);
+        assert_eq!(leading.await.unwrap().base_offset, 0);
+    });
+    assert_holds_recs(&p, 0, 1);
+    log.close().unwrap();
 }
