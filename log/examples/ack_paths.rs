@@ -145,11 +145,7 @@ fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64
             }
         })
     };
-    let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime")
-    };
+    let rt = appender_runtime(workers);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let n: u64 = rt.block_on(async {
@@ -181,11 +177,7 @@ fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64
                 n
             }));
         }
-        let mut n = 0;
-        for t in ts {
-            n += t.await.expect("appender task");
-        }
-        n
+        sum_of(ts).await
     });
     let el = started.elapsed().as_secs_f64();
     stop.store(true, Relaxed);
@@ -200,11 +192,7 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
     let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
     let round = Arc::new(Mutex::new(Round::default()));
     let ready = Arc::new(tokio::sync::Notify::new());
-    let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime")
-    };
+    let rt = appender_runtime(workers);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let stop = Arc::new(AtomicBool::new(false));
@@ -266,10 +254,7 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
                 n
             }));
         }
-        let mut n = 0;
-        for t in ts {
-            n += t.await.expect("appender task");
-        }
+        let n = sum_of(ts).await;
         let el = started.elapsed().as_secs_f64();
         stop.store(true, Relaxed);
         ready.notify_one();
@@ -277,6 +262,24 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
         (n, el)
     });
     n as f64 / el
+}
+
+/// The appenders' runtime: current-thread for 1 worker, else multi-thread.
+fn appender_runtime(workers: usize) -> tokio::runtime::Runtime {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime")
+    }
+}
+
+/// Total appends of the appender tasks.
+async fn sum_of(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.expect("appender task");
+    }
+    n
 }
 
 fn main() {
