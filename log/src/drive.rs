@@ -15,7 +15,9 @@
 //! The writer thread stays for everything else: other policies (it holds the lock for
 //! good), controls (flush, truncate, retention, shutdown; they ring its doorbell and it runs
 //! them at once, leader or not, so a blocking control never waits on a yielded task), timed
-//! retention, and appends left queued when a leader stepped down.
+//! retention, appends left queued when a leader stepped down, and stalls: while appends are
+//! queued it looks every [`WATCH`], and runs them itself if no round ran since its last
+//! look (a leader whose task awaits something else, or futures nobody polls).
 //!
 //! Invariants:
 //! - No queued append is stranded: senders count themselves in `pending` before sending and
@@ -25,7 +27,7 @@
 //! - The writer's lock is held only by a synchronous round, so waiting for it is bounded.
 
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,15 @@ use crate::writer::{Command, Writer};
 
 /// How often the writer thread looks at retention when appenders run the rounds.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+
+/// While appends are queued, the writer thread looks this often for a stall: queued
+/// appends and no round run since its last look. That happens when a leader's future is
+/// not polled again for a while (its task is awaiting something else, say a socket write),
+/// or when appends are queued with futures nobody polls; the thread then runs the rounds.
+const WATCH: Duration = Duration::from_millis(1);
+
+/// Most rounds the writer thread runs before it looks at its doorbell and timers again.
+const THREAD_ROUNDS: usize = 16;
 
 /// The writer, its queue, and who leads its rounds.
 pub struct Drive {
@@ -52,6 +63,10 @@ pub struct Drive {
     /// Appenders run rounds (`fsync = always` with inline syncs); fixed at open.
     by_appenders: bool,
     closed: AtomicBool,
+    /// Set while the writer thread sleeps with nothing queued: the next sender rings it.
+    dozing: AtomicBool,
+    /// Rounds run so far, by anyone (the thread's stall watch compares it).
+    rounds: AtomicU64,
 }
 
 impl Drive {
@@ -72,6 +87,8 @@ impl Drive {
             writer: Mutex::new(writer),
             doorbell,
             closed: AtomicBool::new(false),
+            dozing: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
         });
         let d = drive.clone();
         let thread = std::thread::Builder::new().name("axle-log-writer".into()).spawn(move || d.thread(bell))?;
@@ -89,7 +106,13 @@ impl Drive {
         self.tx.send(c).map_err(|_| {
             self.pending.fetch_sub(1, SeqCst);
             LogError::Closed
-        })
+        })?;
+        // Pairs with the thread's store of `dozing` before its load of `pending`: either it
+        // sees this command, or this sees it dozing and wakes it to watch.
+        if self.by_appenders && self.dozing.load(SeqCst) {
+            let _ = self.doorbell.try_send(());
+        }
+        Ok(())
     }
 
     /// Queues a control command and makes sure it is run soon.
@@ -124,10 +147,13 @@ impl Drive {
         self.writer.lock().cohort_wait(self.pending.load(SeqCst)).is_some()
     }
 
-    /// Runs rounds until the queue is empty. Returns true once the writer has shut down.
-    pub fn run_queued(&self) -> bool {
+    /// Runs rounds until the queue is empty or `max_rounds` have run. Returns true once the
+    /// writer has shut down.
+    pub fn run_queued(&self, max_rounds: usize) -> bool {
         let mut w = self.writer.lock();
-        while let Some(first) = w.try_next() {
+        for _ in 0..max_rounds {
+            let Some(first) = w.try_next() else { break };
+            self.rounds.fetch_add(1, SeqCst);
             if w.round(first, false) {
                 break;
             }
@@ -155,27 +181,42 @@ impl Drive {
             return;
         }
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;
+        // Rounds seen at the last look, and since when nothing has moved with appends queued.
+        let mut seen = (self.rounds.load(SeqCst), Instant::now());
         loop {
-            let timed_out = match bell.recv_deadline(next_housekeeping) {
-                Ok(()) => false,
-                Err(RecvTimeoutError::Timeout) => true,
-                // `self` holds the sender: cannot happen.
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            if self.closed.load(SeqCst) {
+            let mut deadline = next_housekeeping;
+            if self.pending.load(SeqCst) == 0 {
+                self.dozing.store(true, SeqCst);
+            }
+            let dozed = self.pending.load(SeqCst) == 0;
+            if !dozed {
+                deadline = deadline.min(Instant::now() + WATCH);
+            }
+            let got = bell.recv_deadline(deadline);
+            self.dozing.store(false, SeqCst);
+            if matches!(got, Err(RecvTimeoutError::Disconnected)) || self.closed.load(SeqCst) {
+                // `self` holds the doorbell's sender, so only `closed` ends the loop.
                 return;
+            }
+            let now = Instant::now();
+            let rounds = self.rounds.load(SeqCst);
+            let queued = self.pending.load(SeqCst) > 0;
+            // The stall clock runs only while appends stay queued with no round run.
+            if rounds != seen.0 || !queued || dozed {
+                seen = (rounds, now);
             }
             let urgent = self.urgent.swap(false, SeqCst);
-            // Appends under a leader are the leader's: it rings again when it steps down
-            // with anything left.
-            let leftover = self.pending.load(SeqCst) > 0 && !self.led.load(SeqCst);
-            if !(timed_out || urgent || leftover) {
-                continue;
+            // Appends under a leader are the leader's while it makes progress: it rings
+            // when it steps down with anything left.
+            let leftover = queued && !self.led.load(SeqCst);
+            let stalled = queued && now.duration_since(seen.1) >= WATCH;
+            if urgent || leftover || stalled {
+                if self.run_queued(THREAD_ROUNDS) {
+                    return;
+                }
+                seen = (self.rounds.load(SeqCst), Instant::now());
             }
-            if self.run_queued() {
-                return;
-            }
-            if timed_out {
+            if now >= next_housekeeping {
                 let mut w = self.writer.lock();
                 w.housekeeping();
                 next_housekeeping = Instant::now() + HOUSEKEEPING_EVERY;

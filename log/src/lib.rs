@@ -362,7 +362,7 @@ impl std::future::Future for PendingAppend {
                     cx.waker().wake_by_ref();
                     return std::task::Poll::Pending;
                 }
-                drive.run_queued();
+                drive.run_queued(1);
                 drive.step_down();
             }
             Lead::Waiting => {}

@@ -103,3 +103,34 @@ fn a_blocking_control_does_not_wait_for_a_leader_parked_on_the_same_thread() {
     assert_holds_recs(&p, 0, 1);
     log.close().unwrap();
 }
+
+#[test]
+fn a_leader_that_is_never_polled_again_does_not_hold_back_other_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(IoBackendKind::Pwrite));
+    let p = log.partition("p").unwrap();
+    let mut parked = p.append_start(&[rec(0)]).unwrap();
+    // One poll makes it the leader; it is then kept but never polled again, as by a task
+    // that went on to await a socket write.
+    assert!(futures::executor::block_on(async { futures::poll!(&mut parked) }).is_pending());
+    let q = p.clone();
+    let other = std::thread::spawn(move || futures::executor::block_on(q.append_start(&[rec(1)]).unwrap()));
+    assert_eq!(other.join().unwrap().unwrap().base_offset, 1, "the writer thread took the round over");
+    assert_eq!(futures::executor::block_on(parked).unwrap().base_offset, 0);
+    log.close().unwrap();
+}
+
+#[test]
+fn an_append_whose_future_is_never_polled_is_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(IoBackendKind::Pwrite));
+    let p = log.partition("p").unwrap();
+    let unpolled = p.append_start(&[rec(0)]).unwrap();
+    // Not a timing assertion: wait as long as it takes for the record to become readable.
+    while p.read(0, 1, usize::MAX).map(|r| r.is_empty()).unwrap_or(true) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_holds_recs(&p, 0, 1);
+    drop(unpolled);
+    log.close().unwrap();
+}
