@@ -45,6 +45,18 @@ fn dsync(fd: i32, pos: u64, bufs: &[&[u8]]) {
     assert!(n > 0, "pwritev2 failed: {}", std::io::Error::last_os_error());
 }
 
+/// Writes `round` durably at `pos`, acknowledges its appends and empties it; returns the new end.
+fn commit_round(fd: i32, pos: u64, round: &mut Round, syncs: &AtomicU64) -> u64 {
+    dsync(fd, pos, &[&round.buf]);
+    syncs.fetch_add(1, Relaxed);
+    let end = pos + round.buf.len() as u64;
+    for a in round.acks.drain(..) {
+        let _ = a.send(end);
+    }
+    round.buf.clear();
+    end
+}
+
 fn encode(v: &mut Vec<u8>) {
     v.extend_from_slice(&[7u8; 154]);
     let c = crc32fast::hash(&v[v.len() - 154..]);
@@ -93,13 +105,7 @@ fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64
                         continue;
                     }
                     expected = n.max(expected - expected / 8);
-                    dsync(f.as_raw_fd(), pos, &[&spare.buf]);
-                    syncs.fetch_add(1, Relaxed);
-                    pos += spare.buf.len() as u64;
-                    for a in spare.acks.drain(..) {
-                        let _ = a.send(pos);
-                    }
-                    spare.buf.clear();
+                    pos = commit_round(f.as_raw_fd(), pos, &mut spare, &syncs);
                 } else {
                     let t0 = Instant::now();
                     let first = loop {
@@ -223,13 +229,7 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
                     }
                     let n = spare.acks.len();
                     expected = n.max(expected - expected / 8);
-                    dsync(f.as_raw_fd(), pos, &[&spare.buf]);
-                    syncs.fetch_add(1, Relaxed);
-                    pos += spare.buf.len() as u64;
-                    for a in spare.acks.drain(..) {
-                        let _ = a.send(pos);
-                    }
-                    spare.buf.clear();
+                    pos = commit_round(f.as_raw_fd(), pos, &mut spare, &syncs);
                     tokio::task::yield_now().await;
                 }
             })
