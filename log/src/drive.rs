@@ -70,20 +70,15 @@ pub struct Drive {
 }
 
 impl Drive {
-    /// Wraps `writer` (built over the receiving end of `tx`, counting in `pending`) and starts
-    /// the writer thread.
-    pub fn start(
-        tx: Sender<Command>,
-        pending: Arc<AtomicUsize>,
-        writer: Writer,
-    ) -> std::io::Result<(Arc<Drive>, std::thread::JoinHandle<()>)> {
+    /// Wraps `writer` (built over the receiving end of `tx`) and starts the writer thread.
+    pub fn start(tx: Sender<Command>, writer: Writer) -> std::io::Result<(Arc<Drive>, std::thread::JoinHandle<()>)> {
         let (doorbell, bell) = crossbeam_channel::bounded(1);
         let drive = Arc::new(Drive {
             tx,
-            pending,
+            pending: writer.pending(),
             led: AtomicBool::new(false),
             urgent: AtomicBool::new(false),
-            by_appenders: writer.syncs_inline(),
+            by_appenders: writer.appenders_lead(),
             writer: Mutex::new(writer),
             doorbell,
             closed: AtomicBool::new(false),
@@ -102,6 +97,10 @@ impl Drive {
 
     /// Queues an append; the caller then leads or waits ([`Drive::try_lead`]).
     pub fn send_append(&self, c: Command) -> Result<()> {
+        if !self.by_appenders {
+            // The writer thread runs every round and blocks on the queue: nothing to count.
+            return self.tx.send(c).map_err(|_| LogError::Closed);
+        }
         self.pending.fetch_add(1, SeqCst);
         self.tx.send(c).map_err(|_| {
             self.pending.fetch_sub(1, SeqCst);
@@ -109,7 +108,7 @@ impl Drive {
         })?;
         // Pairs with the thread's store of `dozing` before its load of `pending`: either it
         // sees this command, or this sees it dozing and wakes it to watch.
-        if self.by_appenders && self.dozing.load(SeqCst) {
+        if self.dozing.load(SeqCst) {
             let _ = self.doorbell.try_send(());
         }
         Ok(())
@@ -137,14 +136,9 @@ impl Drive {
     }
 
     /// For the leader: until when to wait for the cohort before running a round, or `None`
-    /// to run it now.
+    /// to run it now (the cohort is in).
     pub fn cohort_wait(&self) -> Option<Instant> {
         self.writer.lock().cohort_wait(self.pending.load(SeqCst))
-    }
-
-    /// For the leader: whether the cohort is still gathering (see [`Drive::cohort_wait`]).
-    pub fn wants_more(&self) -> bool {
-        self.writer.lock().cohort_wait(self.pending.load(SeqCst)).is_some()
     }
 
     /// Runs rounds until the queue is empty or `max_rounds` have run. Returns true once the

@@ -47,7 +47,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -159,14 +158,13 @@ impl Log {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(WriterStats::default());
-        let pending = Arc::new(AtomicUsize::new(0));
         let mut shared = Vec::new();
         for w in &writers {
             shared.push(w.shared.clone());
         }
-        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone(), pending.clone())
+        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone())
             .map_err(|e| LogError::io(&dir, e))?;
-        let (drive, thread) = Drive::start(tx, pending, writer).map_err(|e| LogError::io(&dir, e))?;
+        let (drive, thread) = Drive::start(tx, writer).map_err(|e| LogError::io(&dir, e))?;
         let mut partitions = HashMap::new();
         for (i, sh) in shared.into_iter().enumerate() {
             partitions.insert(
@@ -356,7 +354,7 @@ impl std::future::Future for PendingAppend {
                 }
             }
             Lead::Gathering(drive, until) => {
-                if Instant::now() < until && drive.wants_more() {
+                if Instant::now() < until && drive.cohort_wait().is_some() {
                     // Let the appenders just acknowledged run and re-append first.
                     this.lead = Lead::Gathering(drive, until);
                     cx.waker().wake_by_ref();

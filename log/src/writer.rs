@@ -118,9 +118,13 @@ pub struct Writer {
     /// Set after an inline round acknowledged appends: its appenders usually append again
     /// within tens of microseconds, so poll for them before blocking.
     spin_next: bool,
-    /// Commands sent and not yet taken off `rx`: senders add one before sending, the
-    /// writer takes one off per command received. Shared with [`crate::drive::Drive`].
+    /// Commands sent and not yet taken off `rx`, counted only where appenders lead rounds
+    /// (`appenders_lead`): senders add one before sending, the writer takes one off per
+    /// command received. Shared with [`crate::drive::Drive`].
     pending: Arc<AtomicUsize>,
+    /// `fsync = always` with inline syncs at start: appenders lead rounds
+    /// ([`crate::drive`]). Fixed for the writer's life, as the counting of `pending` is.
+    appenders_lead: bool,
     /// Set by shutdown: files are closed, and commands are refused.
     closed: bool,
 }
@@ -139,7 +143,6 @@ impl Writer {
         cfg: Arc<LogConfig>,
         parts: Vec<PartitionWriter>,
         stats: Arc<WriterStats>,
-        pending: Arc<AtomicUsize>,
     ) -> std::io::Result<Self> {
         let (tx, frx) = crossbeam_channel::unbounded();
         let fstats = stats.clone();
@@ -149,6 +152,7 @@ impl Writer {
             .name("axle-log-flusher".into())
             .spawn(move || crate::flusher::run(frx, flush_backend, fstats, f_in_flight))?;
         let inline = backend.name() == crate::io::PwriteBackend.name();
+        let appenders_lead = inline && cfg.fsync == FsyncPolicy::Always;
         Ok(Writer {
             rx,
             backend,
@@ -164,7 +168,8 @@ impl Writer {
             inline,
             cohort: Cohort::default(),
             spin_next: false,
-            pending,
+            pending: Arc::new(AtomicUsize::new(0)),
+            appenders_lead,
             closed: false,
         })
     }
@@ -217,7 +222,14 @@ impl Writer {
 
     /// Counts a command taken off the queue (see [`Writer::pending`]).
     fn took_one(&self) {
-        self.pending.fetch_sub(1, SeqCst);
+        if self.appenders_lead {
+            self.pending.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// The count of queued commands (see [`Writer::pending`]).
+    pub fn pending(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 
     /// The next queued command, if any, without waiting.
@@ -379,10 +391,10 @@ impl Writer {
         None
     }
 
-    /// Whether `fsync = always` rounds are synced by the thread that runs them (`RWF_DSYNC`),
-    /// so that an appender running a round acknowledges its cohort without a thread hop.
-    pub fn syncs_inline(&self) -> bool {
-        self.inline && self.cfg.fsync == FsyncPolicy::Always
+    /// Whether appenders lead `fsync = always` rounds: they are synced by the thread that
+    /// runs them (`RWF_DSYNC`), so a leader acknowledges its cohort without a thread hop.
+    pub fn appenders_lead(&self) -> bool {
+        self.appenders_lead
     }
 
     /// Whether the next `always` round may be written and synced on this thread.

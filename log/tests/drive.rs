@@ -11,11 +11,17 @@ use axle_log::{IoBackendKind, Record};
 use common::*;
 use futures::FutureExt;
 
+/// A log under `fsync = always` on `backend` in a fresh directory, and its partition "p".
+fn one_partition(backend: IoBackendKind) -> (tempfile::TempDir, axle_log::Log, axle_log::Partition) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config(backend));
+    let p = log.partition("p").unwrap();
+    (dir, log, p)
+}
+
 #[test]
 fn appenders_on_one_thread_share_syncs_and_get_every_offset_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), config(IoBackendKind::Pwrite));
-    let p = log.partition("p").unwrap();
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let offsets = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -49,9 +55,7 @@ fn appenders_on_one_thread_share_syncs_and_get_every_offset_once() {
 #[test]
 fn an_append_dropped_while_leading_its_round_is_still_written_by_the_writer_thread() {
     for backend in BACKENDS {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), config(backend));
-        let p = log.partition("p").unwrap();
+        let (_dir, log, p) = one_partition(backend);
         // Polled once: under `always` with inline syncs it becomes the leader and yields to
         // gather its cohort; dropping it then must hand the queued append on.
         let first = p.append_start(&[rec(0)]).unwrap();
@@ -69,9 +73,7 @@ fn an_append_dropped_while_leading_its_round_is_still_written_by_the_writer_thre
 
 #[test]
 fn an_append_dropped_while_leading_does_not_stall_close_or_later_appends_from_other_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), config(IoBackendKind::Pwrite));
-    let p = log.partition("p").unwrap();
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
     for i in 0..3u64 {
         let _ = p.append_start(&[rec(i)]).unwrap().now_or_never();
     }
@@ -87,9 +89,7 @@ fn an_append_dropped_while_leading_does_not_stall_close_or_later_appends_from_ot
 
 #[test]
 fn a_blocking_control_does_not_wait_for_a_leader_parked_on_the_same_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), config(IoBackendKind::Pwrite));
-    let p = log.partition("p").unwrap();
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut leading = p.append_start(&[rec(0)]).unwrap();
@@ -106,9 +106,7 @@ fn a_blocking_control_does_not_wait_for_a_leader_parked_on_the_same_thread() {
 
 #[test]
 fn a_leader_that_is_never_polled_again_does_not_hold_back_other_appenders() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), config(IoBackendKind::Pwrite));
-    let p = log.partition("p").unwrap();
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
     let mut parked = p.append_start(&[rec(0)]).unwrap();
     // One poll makes it the leader; it is then kept but never polled again, as by a task
     // that went on to await a socket write.
@@ -122,9 +120,7 @@ fn a_leader_that_is_never_polled_again_does_not_hold_back_other_appenders() {
 
 #[test]
 fn an_append_whose_future_is_never_polled_is_still_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), config(IoBackendKind::Pwrite));
-    let p = log.partition("p").unwrap();
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
     let unpolled = p.append_start(&[rec(0)]).unwrap();
     // Not a timing assertion: wait as long as it takes for the record to become readable.
     while p.read(0, 1, usize::MAX).map(|r| r.is_empty()).unwrap_or(true) {
