@@ -148,7 +148,7 @@ impl Drive {
         for _ in 0..max_rounds {
             let Some(first) = w.try_next() else { break };
             self.rounds.fetch_add(1, SeqCst);
-            if w.round(first, false) {
+            if w.round(first) {
                 break;
             }
         }

@@ -360,12 +360,23 @@ impl std::future::Future for PendingAppend {
                     cx.waker().wake_by_ref();
                     return std::task::Poll::Pending;
                 }
+                // Steps down even if the round panics: a leader left standing would keep
+                // every later round on the writer thread's watch.
+                let _down = StepDown(&drive);
                 drive.run_queued(1);
-                drive.step_down();
             }
             Lead::Waiting => {}
         }
         std::pin::Pin::new(&mut this.rx).poll(cx).map(|r| r.unwrap_or(Err(LogError::Closed)))
+    }
+}
+
+/// Steps its leader down when dropped.
+struct StepDown<'a>(&'a Drive);
+
+impl Drop for StepDown<'_> {
+    fn drop(&mut self) {
+        self.0.step_down();
     }
 }
 

@@ -1,4 +1,6 @@
-//! The writer thread: it owns the write side of every partition of a log.
+//! The writer: it owns the write side of every partition of a log. Its rounds are run by
+//! the writer thread, or under `fsync = always` with inline syncs by the appenders
+//! themselves (`drive.rs`).
 //!
 //! A round: take the first queued command, gather every append queued behind it, stamp
 //! offsets, and write each partition's batches with one vectored write (all partitions in
@@ -7,7 +9,8 @@
 //!   `pwritev2(RWF_DSYNC)` right here (write and range sync in one call, on already
 //!   zero-filled blocks), then publish and acknowledge: no thread hand-off between the
 //!   write, the sync and the acknowledgements. Appends arriving meanwhile queue up and form
-//!   the next round (group commit), after a short adaptive wait for the cohort ([`Cohort`]);
+//!   the next round (group commit); its leader first waits a little for the cohort the
+//!   last inline round acknowledged ([`Cohort`], [`Writer::cohort_wait`]);
 //! - `always` otherwise: hand the round to the flusher, which syncs, publishes and
 //!   acknowledges;
 //! - otherwise: publish and acknowledge now, and hand the flusher a sync when the interval
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 pub use crate::appender::Appended;
@@ -115,9 +118,12 @@ pub struct Writer {
     /// backend is `pwritev` and the kernel takes `RWF_DSYNC`).
     inline: bool,
     cohort: Cohort,
-    /// Set after an inline round acknowledged appends: its appenders usually append again
-    /// within tens of microseconds, so poll for them before blocking.
-    spin_next: bool,
+    /// Whether the last round that wrote appends synced them inline. Only then does a
+    /// leader wait for its cohort ([`Writer::cohort_wait`]): a round the flusher syncs
+    /// (several partitions, or the flusher busy) has its cohort gathered by the flusher,
+    /// and the appenders of the round before it cannot re-append until the flusher
+    /// acknowledges them, so waiting for them on the leader's side only delays the round.
+    last_inline: bool,
     /// Commands sent and not yet taken off `rx`, counted only where appenders lead rounds
     /// (`appenders_lead`): senders add one before sending, the writer takes one off per
     /// command received. Shared with [`crate::drive::Drive`].
@@ -130,9 +136,6 @@ pub struct Writer {
 }
 
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
-
-/// How long the writer polls for the next append after an inline round before blocking.
-const SPIN: Duration = Duration::from_micros(100);
 
 impl Writer {
     /// Creates the writer and starts its flusher thread (with its own `flush_backend`).
@@ -167,7 +170,7 @@ impl Writer {
             in_flight,
             inline,
             cohort: Cohort::default(),
-            spin_next: false,
+            last_inline: false,
             pending: Arc::new(AtomicUsize::new(0)),
             appenders_lead,
             closed: false,
@@ -199,15 +202,9 @@ impl Writer {
                 }
                 _ => self.next_retention,
             };
-            let spun = if self.spin_next { self.spin_for_command() } else { None };
-            self.spin_next = false;
-            let got = match spun {
-                Some(c) => Ok(c),
-                None => self.rx.recv_deadline(deadline).inspect(|_| self.took_one()),
-            };
-            match got {
+            match self.rx.recv_deadline(deadline).inspect(|_| self.took_one()) {
                 Ok(first) => {
-                    if self.round(first, true) {
+                    if self.round(first) {
                         return;
                     }
                 }
@@ -247,7 +244,7 @@ impl Writer {
     /// Whether a round about to carry `have` acknowledgements should wait for more, and
     /// until when (see [`Cohort`]).
     pub fn cohort_wait(&self, have: usize) -> Option<Instant> {
-        self.cohort.wants_more(have).then(|| self.cohort.deadline())
+        (self.last_inline && self.cohort.wants_more(have)).then(|| self.cohort.deadline())
     }
 
     /// Timed work: a due interval sync and retention.
@@ -258,10 +255,9 @@ impl Writer {
         }
     }
 
-    /// One round starting with `first`: gathers what is queued behind it (and, if `gather`,
-    /// waits for the cohort of an inline sync on this thread), writes it, then runs the
-    /// controls that came with it. Returns true once the writer has shut down.
-    pub fn round(&mut self, first: Command, gather: bool) -> bool {
+    /// One round starting with `first`: gathers what is queued behind it, writes it, then
+    /// runs the controls that came with it. Returns true once the writer has shut down.
+    pub fn round(&mut self, first: Command) -> bool {
         if self.closed {
             Self::refuse(first);
             return true;
@@ -275,28 +271,6 @@ impl Writer {
                 Some(c) => barrier = self.take(c, &mut controls, &mut bytes, now),
                 None => break,
             }
-        }
-        if self.inline_possible() && !barrier && controls.is_empty() {
-            let mut have = self.staged_acks();
-            if gather && self.cohort.wants_more(have) {
-                // The sync is about to happen on this thread: wait for the cohort here.
-                let until = self.cohort.deadline();
-                'wait: while self.cohort.wants_more(have) && Instant::now() < until {
-                    // Yield rather than sleep: a sleeping thread's vCPU may halt, and
-                    // waking it costs tens of microseconds on a VM (measured: the
-                    // gather took ~90 µs sleeping, ~30 µs yielding).
-                    std::thread::yield_now();
-                    while let Some(c) = self.try_next() {
-                        barrier = self.take(c, &mut controls, &mut bytes, now);
-                        if barrier || bytes >= self.cfg.max_round_bytes {
-                            break 'wait;
-                        }
-                    }
-                    have = self.staged_acks();
-                }
-                have = self.staged_acks();
-            }
-            self.cohort.gathered(have);
         }
         if bytes > 0 {
             self.write_round();
@@ -372,25 +346,6 @@ impl Writer {
         let _ = rx.recv();
     }
 
-    /// Polls for a command for up to [`SPIN`], yielding the CPU between polls. Blocking in
-    /// `recv` instead lets this thread's vCPU halt, and the appenders just acknowledged
-    /// would then wake it up again (measured: ~65 µs from the last acknowledgement to the
-    /// first re-append blocking, ~40 µs polling).
-    fn spin_for_command(&mut self) -> Option<Command> {
-        let until = Instant::now() + SPIN;
-        while Instant::now() < until {
-            match self.rx.try_recv() {
-                Ok(c) => {
-                    self.took_one();
-                    return Some(c);
-                }
-                Err(TryRecvError::Empty) => std::thread::yield_now(),
-                Err(TryRecvError::Disconnected) => return None,
-            }
-        }
-        None
-    }
-
     /// Whether appenders lead `fsync = always` rounds: they are synced by the thread that
     /// runs them (`RWF_DSYNC`), so a leader acknowledges its cohort without a thread hop.
     pub fn appenders_lead(&self) -> bool {
@@ -402,10 +357,6 @@ impl Writer {
         self.inline && self.cfg.fsync == FsyncPolicy::Always && self.in_flight.load(Acquire) == 0
     }
 
-    fn staged_acks(&self) -> usize {
-        self.parts.iter().map(|p| p.round_acks.len()).sum()
-    }
-
     /// Writes partition `i`'s staged round with `RWF_DSYNC`, then publishes and acknowledges
     /// it (or fails its appends). Returns false, having done nothing, where the kernel does
     /// not support `RWF_DSYNC`; inline writes are then off for good.
@@ -414,6 +365,7 @@ impl Writer {
         p.zero_ahead(self.cfg.segment_bytes);
         let round_bytes = p.round_len;
         let batches = p.round_bufs.len() as u64;
+        let cohort = p.round_acks.len();
         let started = Instant::now();
         let result = crate::io::pwritev_dsync(p.active.file.as_raw_fd(), p.position, &p.round_bufs);
         let took = started.elapsed();
@@ -429,12 +381,13 @@ impl Writer {
         self.stats.sync_micros.fetch_add(took.as_micros() as u64, Relaxed);
         self.stats.sync_latency.observe(took);
         self.cohort.synced(took);
+        self.cohort.gathered(cohort);
+        self.last_inline = true;
         self.last_sync = Instant::now();
         match result {
             Ok(()) => {
                 let item = p.written(true);
                 p.unsynced = false;
-                self.spin_next = !item.acks.is_empty();
                 let _ = crate::flusher::finish_item(item, None);
             }
             Err(DsyncError::Space(e)) => p.fail_round(e),
@@ -482,6 +435,7 @@ impl Writer {
         if ops.is_empty() {
             return;
         }
+        self.last_inline = false;
         let round_bytes: u64 = self.parts.iter().map(|p| p.round_len).sum();
         let batches: usize = ops.iter().map(|o| o.bufs.len()).sum();
         let results = self.backend.submit(&ops);
