@@ -11,7 +11,16 @@
 //! - `LOCAL2`, `LOCAL`: no writer thread: the round is a task on the appenders' own runtime
 //!   (2 workers, or current-thread) that blocks it in the sync, so acknowledging and
 //!   re-appending wake no other thread. On 2026-12-07 `LOCAL` reached 0.93-1.01 of the
-//!   ceiling where `CHAN` reached 0.40-0.48: the design of `log/src/drive.rs`.
+//!   ceiling where `CHAN` reached 0.40-0.48: the design of `log/src/drive.rs`;
+//! - `LANES`: two `LOCAL` lanes, each a thread with its own current-thread runtime, 32
+//!   appenders and round, writing to one file (positions reserved atomically), so each
+//!   lane's CPU work runs while the other's sync is in the disk. Measured 0.80-0.99 bare,
+//!   and about twice `LOCAL` with `WORK_NS` of CPU per append; but only with a queue per
+//!   lane. With the log's one queue the lanes did not form (`docs/decisions.md`,
+//!   "Two rounds in flight: measured, not kept").
+//!
+//! `MODES=LANES,LOCAL` picks modes (default: all); `WORK_NS=N` spins N ns per append, to
+//! stand in for the log's own per-append CPU.
 //!
 //! `cargo run --release -p axle-log --example ack_paths -- DIR PAIRS`
 mod common;
@@ -58,6 +67,12 @@ fn commit_round(fd: i32, pos: u64, round: &mut Round, syncs: &AtomicU64) -> u64 
 }
 
 fn encode(v: &mut Vec<u8>) {
+    static WORK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let w = *WORK.get_or_init(|| std::env::var("WORK_NS").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
+    if w > 0 {
+        let t = Instant::now();
+        while (t.elapsed().as_nanos() as u64) < w {}
+    }
     v.extend_from_slice(&[7u8; 154]);
     let c = crc32fast::hash(&v[v.len() - 154..]);
     let l = v.len();
@@ -195,6 +210,19 @@ fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64
 /// `LOCAL`: the writer is a task on the appenders' own single-threaded runtime, and blocks
 /// it in `pwritev2(RWF_DSYNC)`: acknowledging and re-appending wake no other thread.
 fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
+    run_lane(workers, 64, secs, path, syncs, Arc::new(AtomicU64::new(0)))
+}
+
+/// A `LOCAL` round loop over `appenders` appenders, reserving its write positions in `end`
+/// (shared by lanes writing one file).
+fn run_lane(
+    workers: usize,
+    appenders: usize,
+    secs: f64,
+    path: &str,
+    syncs: Arc<AtomicU64>,
+    end: Arc<AtomicU64>,
+) -> f64 {
     let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
     let round = Arc::new(Mutex::new(Round::default()));
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -208,8 +236,8 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
             let round = round.clone();
             let ready = ready.clone();
             let syncs = syncs.clone();
+            let end = end.clone();
             tokio::spawn(async move {
-                let mut pos = 0u64;
                 let mut expected = 0usize;
                 let mut spare = Round::default();
                 while !stop.load(Relaxed) {
@@ -229,13 +257,14 @@ fn run_local(workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f6
                     }
                     let n = spare.acks.len();
                     expected = n.max(expected - expected / 8);
-                    pos = commit_round(f.as_raw_fd(), pos, &mut spare, &syncs);
+                    let pos = end.fetch_add(spare.buf.len() as u64, SeqCst);
+                    commit_round(f.as_raw_fd(), pos, &mut spare, &syncs);
                     tokio::task::yield_now().await;
                 }
             })
         };
         let mut ts = Vec::new();
-        for _ in 0..64 {
+        for _ in 0..appenders {
             let round = round.clone();
             let ready = ready.clone();
             ts.push(tokio::spawn(async move {
@@ -296,14 +325,30 @@ fn main() {
         }
         f.sync_all().expect("sync");
     }
+    let modes: Vec<String> = std::env::var("MODES")
+        .unwrap_or_else(|_| "CHAN,SHARED,CHAN1,LOCAL2,LOCAL,LANES".into())
+        .split(',')
+        .map(|m| format!("{m:6}"))
+        .collect();
     for _ in 0..reps {
-        for mode in ["CHAN  ", "SHARED", "CHAN1 ", "LOCAL2", "LOCAL "] {
+        for mode in &modes {
+            let mode = mode.as_str();
             let syncs = Arc::new(AtomicU64::new(0));
             let rps = match mode {
                 "CHAN  " => run(false, 2, 2.0, &path, syncs.clone()),
                 "SHARED" => run(true, 2, 2.0, &path, syncs.clone()),
                 "CHAN1 " => run(false, 1, 2.0, &path, syncs.clone()),
                 "LOCAL2" => run_local(2, 2.0, &path, syncs.clone()),
+                "LANES " => {
+                    let end = Arc::new(AtomicU64::new(0));
+                    let hs: Vec<_> = (0..2)
+                        .map(|_| {
+                            let (syncs, end, path) = (syncs.clone(), end.clone(), path.clone());
+                            std::thread::spawn(move || run_lane(1, 32, 2.0, &path, syncs, end))
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().expect("lane")).sum()
+                }
                 _ => run_local(1, 2.0, &path, syncs.clone()),
             };
             let l = common::fdatasync_p50_ms(std::path::Path::new(&dir), 1.0) / 1e3;
