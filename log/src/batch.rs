@@ -229,6 +229,13 @@ impl EncodedBatch {
     pub(crate) fn seal(mut self, base_offset: u64, leader_epoch: u32) -> Bytes {
         self.buf[0..8].copy_from_slice(&base_offset.to_le_bytes());
         self.buf[12..16].copy_from_slice(&leader_epoch.to_le_bytes());
+        // A `Vec` with spare capacity becomes a `Bytes` through a second allocation (its
+        // shared header); a trimmed one does not. The builder reserves an estimate, so trim
+        // when at least half of it is used: allocators shrink that in place, where a smaller
+        // fill would be copied to a new block.
+        if self.buf.len() * 2 >= self.buf.capacity() {
+            self.buf.shrink_to_fit();
+        }
         Bytes::from(self.buf)
     }
 }

@@ -132,7 +132,10 @@ impl Drive {
 
     /// Becomes the leader if there is none (appenders only).
     pub fn try_lead(&self) -> bool {
-        self.by_appenders && self.led.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
+        // Load before the compare-exchange: under load a leader is usually there, and a
+        // failing exchange still costs a locked instruction per append. Seeing `led` set
+        // in the same total order as the exchange would keeps the invariant above.
+        self.by_appenders && !self.led.load(SeqCst) && self.led.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
     }
 
     /// For the leader: until when to wait for the cohort before running a round, or `None`

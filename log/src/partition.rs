@@ -73,6 +73,9 @@ pub struct PartitionShared {
     closed: AtomicBool,
     /// Set by a failed `fdatasync`; the partition then refuses appends until reopened.
     poisoned: parking_lot::Mutex<Option<String>>,
+    /// Set (after the reason) once `poisoned` is: the check every staged append makes
+    /// without the lock.
+    is_poisoned: AtomicBool,
     /// The appenders' in-memory forms of the newest batches (see `memo.rs`).
     pub memos: MemoTail,
 }
@@ -102,6 +105,7 @@ impl PartitionShared {
             epochs: RwLock::new(epochs),
             closed: AtomicBool::new(false),
             poisoned: parking_lot::Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
             memos: MemoTail::default(),
         }
     }
@@ -204,10 +208,14 @@ impl PartitionShared {
         if p.is_none() {
             tracing::error!(partition = %self.name, %reason, "the partition refuses further writes");
             *p = Some(reason);
+            self.is_poisoned.store(true, Ordering::Release);
         }
     }
 
     pub fn poisoned(&self) -> Option<String> {
+        if !self.is_poisoned.load(Ordering::Acquire) {
+            return None;
+        }
         self.poisoned.lock().clone()
     }
 
@@ -529,5 +537,25 @@ impl PartitionShared {
 
     pub fn segment_count(&self) -> usize {
         self.segments.read().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> PartitionShared {
+        let config = Arc::new(LogConfig::default());
+        PartitionShared::new("p".into(), PathBuf::from("/nonexistent"), config, Vec::new(), 0, EpochCache::default())
+    }
+
+    #[test]
+    fn a_partition_is_healthy_until_poisoned_and_keeps_the_first_reason() {
+        let p = shared();
+        assert_eq!(p.poisoned(), None);
+        p.poison("fdatasync failed: EIO".into());
+        assert_eq!(p.poisoned().as_deref(), Some("fdatasync failed: EIO"));
+        p.poison("a later failure".into());
+        assert_eq!(p.poisoned().as_deref(), Some("fdatasync failed: EIO"), "the first reason wins");
     }
 }
