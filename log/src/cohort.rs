@@ -5,8 +5,8 @@
 //! of them beats two syncs carrying half each. So before a sync that would carry fewer
 //! acknowledgements than recent syncs did, wait a little for the rest: for at most the
 //! recent sync latency, and only while fewer than `expected` (the largest recent cohort,
-//! decaying by 1/8 per sync) are in. A lone appender never waits; a shrinking load stops
-//! waiting within a few syncs.
+//! decaying by an eighth, rounded up, per sync) are in. A lone appender never waits; a
+//! shrinking load stops waiting within a few syncs (from 64 to 1 in 20).
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,9 @@ impl Cohort {
 
     /// Notes the size of the cohort a sync carries (call once per sync, after waiting).
     pub fn gathered(&mut self, have: usize) {
-        self.expected = have.max(self.expected - self.expected / 8);
+        // Round the decay up: `expected / 8` is 0 below 8, which would keep a load that
+        // shrank below 7 waiting for a cohort that never comes, every round.
+        self.expected = have.max(self.expected - self.expected.div_ceil(8));
     }
 
     /// Notes how long a sync took.
@@ -55,4 +57,31 @@ impl Cohort {
 pub fn fine_timer_slack() {
     // SAFETY: prctl on the calling thread with a plain integer argument.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_appender_stops_waiting_after_a_burst() {
+        let mut c = Cohort::default();
+        c.gathered(64);
+        assert!(c.wants_more(1), "right after a burst of 64 a single append waits for more");
+        for _ in 0..25 {
+            c.gathered(1);
+        }
+        assert!(!c.wants_more(1), "after 25 syncs of one append each, one append does not wait");
+        assert!(!c.wants_more(0), "nothing to sync never waits");
+    }
+
+    #[test]
+    fn a_steady_cohort_is_waited_for() {
+        let mut c = Cohort::default();
+        for _ in 0..100 {
+            c.gathered(32);
+        }
+        assert!(c.wants_more(31));
+        assert!(!c.wants_more(32));
+    }
 }

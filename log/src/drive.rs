@@ -3,10 +3,12 @@
 //!
 //! Every command goes through one queue, in order, and a round takes what is queued under
 //! the writer's lock, which is only ever held while a round runs (never across an `.await`).
-//! Under `fsync = always` with inline syncs ([`Writer::syncs_inline`]) the appender whose
-//! append finds no *leader* becomes it: it yields its task while the cohort the last round
-//! acknowledged re-appends, then runs the round on its own thread: it writes and syncs with
-//! one `pwritev2(RWF_DSYNC)` and acknowledges. Acknowledgements and re-appends then stay on
+//! Under `fsync = always` with inline syncs ([`Writer::appenders_lead`]) the appender whose
+//! append finds no *leader* becomes it: it yields its task once, and, if the last round was
+//! synced inline, while the cohort that round acknowledged re-appends (see
+//! [`Writer::cohort_wait`]); then it runs the round on its own thread: it writes and syncs
+//! with one `pwritev2(RWF_DSYNC)` and acknowledges (or, for a round spanning partitions,
+//! hands it to the flusher). Acknowledgements and re-appends then stay on
 //! the appenders' threads; with a writer thread in between, every round paid two
 //! cross-thread wake-ups (tens of microseconds each on a VM, as long as the sync itself;
 //! `docs/decisions.md`). This is the leader of a group commit as in RocksDB's write thread
