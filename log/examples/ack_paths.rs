@@ -19,6 +19,13 @@
 //!   lane. With the log's one queue the lanes did not form (`docs/decisions.md`,
 //!   "Two rounds in flight: measured, not kept").
 //!
+//! - `URING`, `URING1`: one current-thread runtime; the round is submitted through io_uring
+//!   (`writev` with `RWF_DSYNC`) without blocking the thread, at most 2 (or 1) at once, each
+//!   with at most its share of the appenders: the cohort splits in two *in time*, one half
+//!   re-appending while the other's sync is in the disk. It hides CPU per append well, but
+//!   io_uring hands a buffered `RWF_DSYNC` write to an io-wq worker, and a round then takes
+//!   about 85 µs instead of 45 µs (`docs/benchmarks.md`, "2026-12-07 06:15–06:35 UTC").
+//!
 //! `MODES=LANES,LOCAL` picks modes (default: all); `WORK_NS=N` spins N ns per append, to
 //! stand in for the log's own per-append CPU.
 //!
@@ -263,26 +270,8 @@ fn run_lane(
                 }
             })
         };
-        let mut ts = Vec::new();
-        for _ in 0..appenders {
-            let round = round.clone();
-            let ready = ready.clone();
-            ts.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let (rtx, rrx) = oneshot::channel();
-                    {
-                        let mut r = round.lock().expect("round lock");
-                        encode(&mut r.buf);
-                        r.acks.push(rtx);
-                    }
-                    ready.notify_one();
-                    rrx.await.expect("acknowledged");
-                    n += 1;
-                }
-                n
-            }));
-        }
+        let ts =
+            (0..appenders).map(|_| tokio::spawn(append_loop(round.clone(), Some(ready.clone()), deadline))).collect();
         let n = sum_of(ts).await;
         let el = started.elapsed().as_secs_f64();
         stop.store(true, Relaxed);
@@ -291,6 +280,124 @@ fn run_lane(
         (n, el)
     });
     n as f64 / el
+}
+
+/// `URING`: one current-thread runtime and one cohort split in two *in time*: the round is
+/// submitted through io_uring (`writev` with `RWF_DSYNC`) instead of blocking the thread,
+/// at most `max_flights` at once and each with at most its share of the appenders, so the
+/// thread acknowledges and takes in one half while the other half's sync is in the disk.
+/// The writer task polls for completions between the appenders (it never lets the thread
+/// sleep while a round is in flight).
+fn run_uring(max_flights: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
+    use io_uring::{opcode, types, IoUring};
+    use std::collections::VecDeque;
+    /// An iovec kept with its flight until the completion is reaped.
+    struct Iov(libc::iovec);
+    // SAFETY: it points into the flight's own buffer, which moves with it.
+    unsafe impl Send for Iov {}
+    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let round = Arc::new(Mutex::new(Round::default()));
+    let rt = appender_runtime(1);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (n, el) = rt.block_on(async {
+        let writer = {
+            let (stop, round, syncs, f) = (stop.clone(), round.clone(), syncs.clone(), f.clone());
+            tokio::spawn(async move {
+                let mut ring = IoUring::new(16).expect("io_uring");
+                // (seq, round, iovec, done) in submission order.
+                let mut flights: VecDeque<(u64, Round, Box<Iov>, bool)> = VecDeque::new();
+                let mut seq = 0u64;
+                let mut pos = 0u64;
+                let mut first_queued: Option<Instant> = None;
+                while !stop.load(Relaxed) || !flights.is_empty() {
+                    let done: Vec<u64> = ring
+                        .completion()
+                        .map(|c| {
+                            assert!(c.result() > 0, "write failed: {}", c.result());
+                            c.user_data()
+                        })
+                        .collect();
+                    for ud in done {
+                        if let Some(fl) = flights.iter_mut().find(|fl| fl.0 == ud) {
+                            fl.3 = true;
+                        }
+                    }
+                    while flights.front().is_some_and(|fl| fl.3) {
+                        let (_, mut r, _, _) = flights.pop_front().expect("front");
+                        syncs.fetch_add(1, Relaxed);
+                        for a in r.acks.drain(..) {
+                            let _ = a.send(0);
+                        }
+                    }
+                    let (have, up) = (
+                        round.lock().expect("round lock").acks.len(),
+                        flights.iter().map(|fl| fl.1.acks.len()).sum::<usize>(),
+                    );
+                    if have > 0 && first_queued.is_none() {
+                        first_queued = Some(Instant::now());
+                    }
+                    let share = (have + up).div_ceil(max_flights);
+                    let waited = first_queued.is_some_and(|t| t.elapsed() > Duration::from_micros(60));
+                    if flights.len() < max_flights && have > 0 && (have >= share || waited) {
+                        let mut r = Round::default();
+                        {
+                            let mut q = round.lock().expect("round lock");
+                            let take = have.min(share.max(1));
+                            let rest_acks = q.acks.split_off(take);
+                            let rest_buf = q.buf.split_off(take * 154);
+                            r.acks = std::mem::replace(&mut q.acks, rest_acks);
+                            r.buf = std::mem::replace(&mut q.buf, rest_buf);
+                        }
+                        first_queued = None;
+                        let iov =
+                            Box::new(Iov(libc::iovec { iov_base: r.buf.as_ptr() as *mut _, iov_len: r.buf.len() }));
+                        let e = opcode::Writev::new(types::Fd(f.as_raw_fd()), &iov.0 as *const libc::iovec, 1)
+                            .offset(pos)
+                            .rw_flags(libc::RWF_DSYNC)
+                            .build()
+                            .user_data(seq);
+                        pos += r.buf.len() as u64;
+                        // SAFETY: the iovec and the buffer it points to live in `flights` until
+                        // the completion is reaped.
+                        unsafe { ring.submission().push(&e).expect("sq full") };
+                        ring.submit().expect("submit");
+                        flights.push_back((seq, r, iov, false));
+                        seq += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let ts = (0..64).map(|_| tokio::spawn(append_loop(round.clone(), None, deadline))).collect();
+        let n = sum_of(ts).await;
+        let el = started.elapsed().as_secs_f64();
+        stop.store(true, Relaxed);
+        let _ = writer.await;
+        (n, el)
+    });
+    n as f64 / el
+}
+
+/// One appender: appends a record to the shared round (telling `ready`, if any) and waits
+/// for its acknowledgement, until `deadline`; returns how many were acknowledged.
+async fn append_loop(round: Arc<Mutex<Round>>, ready: Option<Arc<tokio::sync::Notify>>, deadline: Instant) -> u64 {
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let (rtx, rrx) = oneshot::channel();
+        {
+            let mut r = round.lock().expect("round lock");
+            encode(&mut r.buf);
+            r.acks.push(rtx);
+        }
+        if let Some(ready) = &ready {
+            ready.notify_one();
+        }
+        rrx.await.expect("acknowledged");
+        n += 1;
+    }
+    n
 }
 
 /// The appenders' runtime: current-thread for 1 worker, else multi-thread.
@@ -326,7 +433,7 @@ fn main() {
         f.sync_all().expect("sync");
     }
     let modes: Vec<String> = std::env::var("MODES")
-        .unwrap_or_else(|_| "CHAN,SHARED,CHAN1,LOCAL2,LOCAL,LANES".into())
+        .unwrap_or_else(|_| "CHAN,SHARED,CHAN1,LOCAL2,LOCAL,LANES,URING,URING1".into())
         .split(',')
         .map(|m| format!("{m:6}"))
         .collect();
@@ -339,6 +446,8 @@ fn main() {
                 "SHARED" => run(true, 2, 2.0, &path, syncs.clone()),
                 "CHAN1 " => run(false, 1, 2.0, &path, syncs.clone()),
                 "LOCAL2" => run_local(2, 2.0, &path, syncs.clone()),
+                "URING " => run_uring(2, 2.0, &path, syncs.clone()),
+                "URING1" => run_uring(1, 2.0, &path, syncs.clone()),
                 "LANES " => {
                     let end = Arc::new(AtomicU64::new(0));
                     let hs: Vec<_> = (0..2)
