@@ -117,9 +117,12 @@ impl SharedGroups {
             lag.seen_upto = lag.seen_upto.max(last + 1);
             return;
         }
+        // Read once: delivering an offset moves `pos` only to just past it, and the run is in
+        // offset order, so only records below the starting `pos` are ever skipped.
+        let handed_out = g.pos.get(&pid).copied().unwrap_or(0);
         for (offset, msg) in run {
             let offset = *offset;
-            if offset < g.pos.get(&pid).copied().unwrap_or(0) {
+            if offset < handed_out {
                 continue; // a puller already handed it out
             }
             let d = Delivery { pid, offset, prev_end: UNKNOWN, msg: msg.clone(), shared: Some(key.clone()) };
