@@ -158,10 +158,7 @@ impl Log {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(WriterStats::default());
-        let mut shared = Vec::new();
-        for w in &writers {
-            shared.push(w.shared.clone());
-        }
+        let shared: Vec<_> = writers.iter().map(|w| w.shared.clone()).collect();
         let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone())
             .map_err(|e| LogError::io(&dir, e))?;
         let (drive, thread) = Drive::start(tx, writer).map_err(|e| LogError::io(&dir, e))?;

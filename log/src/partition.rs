@@ -71,11 +71,9 @@ pub struct PartitionShared {
     /// Epochs of the batches, written by the writer thread (see `epochs.rs`).
     pub epochs: RwLock<EpochCache>,
     closed: AtomicBool,
-    /// Set by a failed `fdatasync`; the partition then refuses appends until reopened.
-    poisoned: parking_lot::Mutex<Option<String>>,
-    /// Set (after the reason) once `poisoned` is: the check every staged append makes
-    /// without the lock.
-    is_poisoned: AtomicBool,
+    /// Set by a failed `fdatasync`; the partition then refuses appends until reopened. Set
+    /// once (the first reason wins) and read without a lock by every staged append.
+    poisoned: std::sync::OnceLock<String>,
     /// The appenders' in-memory forms of the newest batches (see `memo.rs`).
     pub memos: MemoTail,
 }
@@ -104,8 +102,7 @@ impl PartitionShared {
             end_tx,
             epochs: RwLock::new(epochs),
             closed: AtomicBool::new(false),
-            poisoned: parking_lot::Mutex::new(None),
-            is_poisoned: AtomicBool::new(false),
+            poisoned: std::sync::OnceLock::new(),
             memos: MemoTail::default(),
         }
     }
@@ -204,19 +201,13 @@ impl PartitionShared {
 
     /// Marks the partition failed (first reason wins).
     pub fn poison(&self, reason: String) {
-        let mut p = self.poisoned.lock();
-        if p.is_none() {
+        if let Some(reason) = self.poisoned.set(reason).ok().and(self.poisoned.get()) {
             tracing::error!(partition = %self.name, %reason, "the partition refuses further writes");
-            *p = Some(reason);
-            self.is_poisoned.store(true, Ordering::Release);
         }
     }
 
     pub fn poisoned(&self) -> Option<String> {
-        if !self.is_poisoned.load(Ordering::Acquire) {
-            return None;
-        }
-        self.poisoned.lock().clone()
+        self.poisoned.get().cloned()
     }
 
     pub fn is_closed(&self) -> bool {
