@@ -27,7 +27,9 @@
 //!   about 85 µs instead of 45 µs (`docs/benchmarks.md`, "2026-12-07 06:15–06:35 UTC").
 //!
 //! `MODES=LANES,LOCAL` picks modes (default: all); `WORK_NS=N` spins N ns per append, to
-//! stand in for the log's own per-append CPU.
+//! stand in for the log's own per-append CPU; `DIRECT=1` opens the file with `O_DIRECT` and
+//! writes each round as a zero-padded, 4 KB-aligned copy (io_uring then issues the write
+//! without an io-wq worker).
 //!
 //! `cargo run --release -p axle-log --example ack_paths -- DIR PAIRS`
 mod common;
@@ -53,7 +55,73 @@ struct Round {
     acks: Vec<oneshot::Sender<u64>>,
 }
 
+/// `DIRECT=1`: the data file is opened with `O_DIRECT`, and every round is copied into a
+/// 4096-aligned buffer padded with zeros to a whole number of 4 KB blocks.
+fn direct() -> bool {
+    static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *D.get_or_init(|| std::env::var("DIRECT").is_ok_and(|v| v == "1"))
+}
+
+/// A 4096-aligned, zero-padded copy of a round (for `O_DIRECT`).
+struct Aligned {
+    ptr: *mut u8,
+    len: usize,
+}
+// SAFETY: owns its allocation.
+unsafe impl Send for Aligned {}
+impl Aligned {
+    fn of(data: &[u8]) -> Aligned {
+        let len = data.len().div_ceil(4096).max(1) * 4096;
+        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
+        // SAFETY: non-zero size; the copy stays inside the allocation.
+        unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout);
+            assert!(!ptr.is_null());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, data.len());
+            Aligned { ptr, len }
+        }
+    }
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` bytes were allocated.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, std::alloc::Layout::from_size_align(self.len, 4096).expect("layout")) }
+    }
+}
+
+/// Opens the data file (with `O_DIRECT` under `DIRECT=1`).
+fn open_data(path: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if direct() {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).expect("open data file")
+}
+
+/// Bytes a round takes in the file.
+fn footprint(len: usize) -> u64 {
+    if direct() {
+        (len.div_ceil(4096).max(1) * 4096) as u64
+    } else {
+        len as u64
+    }
+}
+
 fn dsync(fd: i32, pos: u64, bufs: &[&[u8]]) {
+    if direct() {
+        let a = Aligned::of(&bufs.concat());
+        return dsync_raw(fd, pos, &[a.as_slice()]);
+    }
+    dsync_raw(fd, pos, bufs)
+}
+
+fn dsync_raw(fd: i32, pos: u64, bufs: &[&[u8]]) {
     let iov: Vec<libc::iovec> =
         bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
     // SAFETY: the iovecs point into `bufs`, which outlive the call.
@@ -65,7 +133,7 @@ fn dsync(fd: i32, pos: u64, bufs: &[&[u8]]) {
 fn commit_round(fd: i32, pos: u64, round: &mut Round, syncs: &AtomicU64) -> u64 {
     dsync(fd, pos, &[&round.buf]);
     syncs.fetch_add(1, Relaxed);
-    let end = pos + round.buf.len() as u64;
+    let end = pos + footprint(round.buf.len());
     for a in round.acks.drain(..) {
         let _ = a.send(end);
     }
@@ -87,7 +155,7 @@ fn encode(v: &mut Vec<u8>) {
 }
 
 fn run(shared: bool, workers: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -> f64 {
-    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let f = Arc::new(open_data(path));
     let (tx, rx) = unbounded::<Cmd>();
     let stop = Arc::new(AtomicBool::new(false));
     let round = Arc::new(Mutex::new(Round::default()));
@@ -230,7 +298,7 @@ fn run_lane(
     syncs: Arc<AtomicU64>,
     end: Arc<AtomicU64>,
 ) -> f64 {
-    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let f = Arc::new(open_data(path));
     let round = Arc::new(Mutex::new(Round::default()));
     let ready = Arc::new(tokio::sync::Notify::new());
     let rt = appender_runtime(workers);
@@ -264,7 +332,7 @@ fn run_lane(
                     }
                     let n = spare.acks.len();
                     expected = n.max(expected - expected / 8);
-                    let pos = end.fetch_add(spare.buf.len() as u64, SeqCst);
+                    let pos = end.fetch_add(footprint(spare.buf.len()), SeqCst);
                     commit_round(f.as_raw_fd(), pos, &mut spare, &syncs);
                     tokio::task::yield_now().await;
                 }
@@ -292,10 +360,13 @@ fn run_uring(max_flights: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -
     use io_uring::{opcode, types, IoUring};
     use std::collections::VecDeque;
     /// An iovec kept with its flight until the completion is reaped.
-    struct Iov(libc::iovec);
+    struct Iov(
+        libc::iovec,
+        #[allow(dead_code, reason = "owns the O_DIRECT copy the iovec points into")] Option<Aligned>,
+    );
     // SAFETY: it points into the flight's own buffer, which moves with it.
     unsafe impl Send for Iov {}
-    let f = Arc::new(OpenOptions::new().read(true).write(true).open(path).expect("open data file"));
+    let f = Arc::new(open_data(path));
     let round = Arc::new(Mutex::new(Round::default()));
     let rt = appender_runtime(1);
     let started = Instant::now();
@@ -312,6 +383,11 @@ fn run_uring(max_flights: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -
                 let mut pos = 0u64;
                 let mut first_queued: Option<Instant> = None;
                 while !stop.load(Relaxed) || !flights.is_empty() {
+                    if !flights.is_empty() {
+                        // Enter the kernel so that completions posted as task work (direct
+                        // I/O) reach the ring.
+                        ring.submit().expect("enter");
+                    }
                     let done: Vec<u64> = ring
                         .completion()
                         .map(|c| {
@@ -351,14 +427,21 @@ fn run_uring(max_flights: usize, secs: f64, path: &str, syncs: Arc<AtomicU64>) -
                             r.buf = std::mem::replace(&mut q.buf, rest_buf);
                         }
                         first_queued = None;
-                        let iov =
-                            Box::new(Iov(libc::iovec { iov_base: r.buf.as_ptr() as *mut _, iov_len: r.buf.len() }));
+                        let iov = if direct() {
+                            let a = Aligned::of(&r.buf);
+                            Box::new(Iov(libc::iovec { iov_base: a.ptr as *mut _, iov_len: a.len }, Some(a)))
+                        } else {
+                            Box::new(Iov(
+                                libc::iovec { iov_base: r.buf.as_ptr() as *mut _, iov_len: r.buf.len() },
+                                None,
+                            ))
+                        };
                         let e = opcode::Writev::new(types::Fd(f.as_raw_fd()), &iov.0 as *const libc::iovec, 1)
                             .offset(pos)
                             .rw_flags(libc::RWF_DSYNC)
                             .build()
                             .user_data(seq);
-                        pos += r.buf.len() as u64;
+                        pos += footprint(r.buf.len());
                         // SAFETY: the iovec and the buffer it points to live in `flights` until
                         // the completion is reaped.
                         unsafe { ring.submission().push(&e).expect("sq full") };
