@@ -115,6 +115,8 @@ impl Log {
     /// starts the writer thread. Fails if another process holds the directory.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         config.validate()?;
+        // Calibrate the timestamp clock here rather than in a first append.
+        let _ = crate::record::counter_clock();
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
         let lock_path = dir.join(".lock");
