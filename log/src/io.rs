@@ -83,9 +83,10 @@ pub fn select_pair(kind: IoBackendKind) -> Result<(Box<dyn Backend>, Box<dyn Bac
 }
 
 /// Builds iovecs for `bufs` skipping the first `skip` bytes.
-fn iovecs_from(bufs: &[Bytes], mut skip: usize) -> Vec<libc::iovec> {
+fn iovecs_from<B: AsRef<[u8]>>(bufs: &[B], mut skip: usize) -> Vec<libc::iovec> {
     let mut out = Vec::with_capacity(bufs.len());
     for b in bufs {
+        let b = b.as_ref();
         if skip >= b.len() {
             skip -= b.len();
             continue;
@@ -98,8 +99,8 @@ fn iovecs_from(bufs: &[Bytes], mut skip: usize) -> Vec<libc::iovec> {
     out
 }
 
-fn total_len(bufs: &[Bytes]) -> usize {
-    bufs.iter().map(Bytes::len).sum()
+fn total_len<B: AsRef<[u8]>>(bufs: &[B]) -> usize {
+    bufs.iter().map(|b| b.as_ref().len()).sum()
 }
 
 /// `pwritev` + `fdatasync`.
@@ -319,7 +320,7 @@ pub enum DsyncError {
 /// Writes `bufs` back to back at `pos` with `pwritev2(RWF_DSYNC)`: each call returns once
 /// its bytes (and the metadata needed to read them back) are durable. The kernel syncs only
 /// the written range, so pages dirtied past it (zero-fill ahead) are not waited for.
-pub fn pwritev_dsync(fd: RawFd, pos: u64, bufs: &[Bytes]) -> std::result::Result<(), DsyncError> {
+pub fn pwritev_dsync<B: AsRef<[u8]>>(fd: RawFd, pos: u64, bufs: &[B]) -> std::result::Result<(), DsyncError> {
     let total = total_len(bufs);
     let mut done = 0usize;
     while done < total {
