@@ -124,15 +124,18 @@ pub struct Writer {
     /// and the appenders of the round before it cannot re-append until the flusher
     /// acknowledges them, so waiting for them on the leader's side only delays the round.
     last_inline: bool,
-    /// Commands sent and not yet taken off `rx`, counted only where appenders lead rounds
-    /// (`appenders_lead`): senders add one before sending, the writer takes one off per
-    /// command received. Shared with [`crate::drive::Drive`].
+    /// Commands sent and not yet taken off `rx` by a finished round, counted only where
+    /// appenders lead rounds (`appenders_lead`): senders add one before sending, and a round
+    /// takes off the commands it received when it ends (one atomic step per round, not per
+    /// append). Shared with [`crate::drive::Drive`].
     pending: Arc<AtomicUsize>,
     /// `fsync = always` with inline syncs at start: appenders lead rounds
     /// ([`crate::drive`]). Fixed for the writer's life, as the counting of `pending` is.
     appenders_lead: bool,
     /// Set by shutdown: files are closed, and commands are refused.
     closed: bool,
+    /// Commands taken off `rx` and not yet taken off `pending` ([`Writer::settle`]).
+    taken: usize,
     /// Reused buffer an inline round's batches are copied into (at most [`GATHER_MAX`]).
     gather: Vec<u8>,
 }
@@ -180,6 +183,7 @@ impl Writer {
             pending: Arc::new(AtomicUsize::new(0)),
             appenders_lead,
             closed: false,
+            taken: 0,
             gather: Vec::new(),
         })
     }
@@ -209,7 +213,11 @@ impl Writer {
                 }
                 _ => self.next_retention,
             };
-            match self.rx.recv_deadline(deadline).inspect(|_| self.took_one()) {
+            let got = self.rx.recv_deadline(deadline);
+            if got.is_ok() {
+                self.took_one();
+            }
+            match got {
                 Ok(first) => {
                     if self.round(first) {
                         return;
@@ -224,10 +232,22 @@ impl Writer {
         }
     }
 
-    /// Counts a command taken off the queue (see [`Writer::pending`]).
-    fn took_one(&self) {
+    /// Counts a command taken off the queue (see [`Writer::pending`]); [`Writer::round`]
+    /// takes the round's count off `pending` in one step at its end.
+    fn took_one(&mut self) {
         if self.appenders_lead {
-            self.pending.fetch_sub(1, SeqCst);
+            self.taken += 1;
+        }
+    }
+
+    /// Takes the commands counted by [`Writer::took_one`] off `pending`. A leader does so at
+    /// the end of its round, before it steps down and reads `pending`, so a command it took
+    /// is never counted as left in the queue then; before that, the overcount only keeps
+    /// the writer thread from dozing during the round.
+    fn settle(&mut self) {
+        if self.taken > 0 {
+            self.pending.fetch_sub(self.taken, SeqCst);
+            self.taken = 0;
         }
     }
 
@@ -265,6 +285,12 @@ impl Writer {
     /// One round starting with `first`: gathers what is queued behind it, writes it, then
     /// runs the controls that came with it. Returns true once the writer has shut down.
     pub fn round(&mut self, first: Command) -> bool {
+        let done = self.run_round(first);
+        self.settle();
+        done
+    }
+
+    fn run_round(&mut self, first: Command) -> bool {
         if self.closed {
             Self::refuse(first);
             return true;
