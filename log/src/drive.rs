@@ -34,6 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::queue::CommandQueue;
 use parking_lot::Mutex;
 
 use crate::error::{LogError, Result};
@@ -53,7 +55,7 @@ const THREAD_ROUNDS: usize = 16;
 
 /// The writer, its queue, and who leads its rounds.
 pub struct Drive {
-    tx: Sender<Command>,
+    queue: Arc<CommandQueue>,
     /// See [`Writer`]'s `pending`.
     pending: Arc<AtomicUsize>,
     /// Set while an appender leads (gathers its cohort, then runs the round).
@@ -73,10 +75,13 @@ pub struct Drive {
 
 impl Drive {
     /// Wraps `writer` (built over the receiving end of `tx`) and starts the writer thread.
-    pub fn start(tx: Sender<Command>, writer: Writer) -> std::io::Result<(Arc<Drive>, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        queue: Arc<CommandQueue>,
+        writer: Writer,
+    ) -> std::io::Result<(Arc<Drive>, std::thread::JoinHandle<()>)> {
         let (doorbell, bell) = crossbeam_channel::bounded(1);
         let drive = Arc::new(Drive {
-            tx,
+            queue,
             pending: writer.pending(),
             led: AtomicBool::new(false),
             urgent: AtomicBool::new(false),
@@ -101,10 +106,10 @@ impl Drive {
     pub fn send_append(&self, c: Command) -> Result<()> {
         if !self.by_appenders {
             // The writer thread runs every round and blocks on the queue: nothing to count.
-            return self.tx.send(c).map_err(|_| LogError::Closed);
+            return self.queue.send(c).map_err(|_| LogError::Closed);
         }
         self.pending.fetch_add(1, SeqCst);
-        self.tx.send(c).map_err(|_| {
+        self.queue.send(c).map_err(|_| {
             self.pending.fetch_sub(1, SeqCst);
             LogError::Closed
         })?;

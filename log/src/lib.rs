@@ -35,6 +35,7 @@ mod keys;
 mod latency;
 mod memo;
 mod partition;
+mod queue;
 mod reader;
 mod record;
 mod recovery;
@@ -158,12 +159,12 @@ impl Log {
             reports.insert(name.clone(), report);
             writers.push(w);
         }
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let queue = Arc::new(queue::CommandQueue::default());
         let stats = Arc::new(WriterStats::default());
         let shared: Vec<_> = writers.iter().map(|w| w.shared.clone()).collect();
-        let writer = Writer::new(rx, backend, flush_backend, config.clone(), writers, stats.clone())
+        let writer = Writer::new(queue.clone(), backend, flush_backend, config.clone(), writers, stats.clone())
             .map_err(|e| LogError::io(&dir, e))?;
-        let (drive, thread) = Drive::start(tx, writer).map_err(|e| LogError::io(&dir, e))?;
+        let (drive, thread) = Drive::start(queue, writer).map_err(|e| LogError::io(&dir, e))?;
         let mut partitions = HashMap::new();
         for (i, sh) in shared.into_iter().enumerate() {
             partitions.insert(

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::VecDeque;
+
+use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
 
 pub use crate::appender::Appended;
@@ -40,6 +42,7 @@ use crate::error::{LogError, Result};
 use crate::flusher::SyncJob;
 use crate::io::{Backend, DsyncError, WriteOp};
 use crate::memo::Memo;
+use crate::queue::CommandQueue;
 use crate::record::now_ms;
 use crate::replica::SealedBatch;
 
@@ -102,7 +105,10 @@ pub enum Command {
 
 /// The writer thread's state.
 pub struct Writer {
-    rx: Receiver<Command>,
+    queue: Arc<CommandQueue>,
+    /// Commands taken off `queue` and not yet run, in order: always emptied before the
+    /// next take, so that order holds across takes.
+    local: VecDeque<Command>,
     backend: Box<dyn Backend>,
     cfg: Arc<LogConfig>,
     parts: Vec<PartitionWriter>,
@@ -124,7 +130,7 @@ pub struct Writer {
     /// and the appenders of the round before it cannot re-append until the flusher
     /// acknowledges them, so waiting for them on the leader's side only delays the round.
     last_inline: bool,
-    /// Commands sent and not yet taken off `rx` by a finished round, counted only where
+    /// Commands sent and not yet taken off the queue by a finished round, counted only where
     /// appenders lead rounds (`appenders_lead`): senders add one before sending, and a round
     /// takes off the commands it received when it ends (one atomic step per round, not per
     /// append). Shared with [`crate::drive::Drive`].
@@ -134,7 +140,7 @@ pub struct Writer {
     appenders_lead: bool,
     /// Set by shutdown: files are closed, and commands are refused.
     closed: bool,
-    /// Commands taken off `rx` and not yet taken off `pending` ([`Writer::settle`]).
+    /// Commands taken off the queue and not yet taken off `pending` ([`Writer::settle`]).
     taken: usize,
     /// Reused buffer an inline round's batches are copied into (at most [`GATHER_MAX`]).
     gather: Vec<u8>,
@@ -149,7 +155,7 @@ const GATHER_MAX: u64 = 256 << 10;
 impl Writer {
     /// Creates the writer and starts its flusher thread (with its own `flush_backend`).
     pub fn new(
-        rx: Receiver<Command>,
+        queue: Arc<CommandQueue>,
         backend: Box<dyn Backend>,
         flush_backend: Box<dyn Backend>,
         cfg: Arc<LogConfig>,
@@ -166,7 +172,8 @@ impl Writer {
         let inline = backend.name() == crate::io::PwriteBackend.name();
         let appenders_lead = inline && cfg.fsync == FsyncPolicy::Always;
         Ok(Writer {
-            rx,
+            queue,
+            local: VecDeque::new(),
             backend,
             cfg,
             parts,
@@ -203,7 +210,7 @@ impl Writer {
         }
     }
 
-    /// Runs until shutdown or until every sender is gone: the writer thread's loop when the
+    /// Runs until shutdown: the writer thread's loop when the
     /// writer thread runs every round (see [`crate::drive`] for when appenders do).
     pub fn run(&mut self) {
         loop {
@@ -213,21 +220,12 @@ impl Writer {
                 }
                 _ => self.next_retention,
             };
-            let got = self.rx.recv_deadline(deadline);
-            if got.is_ok() {
-                self.took_one();
-            }
-            match got {
-                Ok(first) => {
-                    if self.round(first) {
-                        return;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => self.housekeeping(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.shutdown();
+            if let Some(first) = self.try_next() {
+                if self.round(first) {
                     return;
                 }
+            } else if !self.queue.wait_until(deadline) {
+                self.housekeeping();
             }
         }
     }
@@ -258,7 +256,10 @@ impl Writer {
 
     /// The next queued command, if any, without waiting.
     pub fn try_next(&mut self) -> Option<Command> {
-        let c = self.rx.try_recv().ok()?;
+        if self.local.is_empty() {
+            self.queue.take_all(&mut self.local);
+        }
+        let c = self.local.pop_front()?;
         self.took_one();
         Some(c)
     }
@@ -516,7 +517,7 @@ impl Writer {
     fn maybe_background_sync(&mut self) {
         let due = match self.cfg.fsync {
             FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
-            FsyncPolicy::Bytes(n) => self.unsynced_bytes >= n || self.rx.is_empty(),
+            FsyncPolicy::Bytes(n) => self.unsynced_bytes >= n || (self.local.is_empty() && self.queue.is_empty()),
             FsyncPolicy::Always | FsyncPolicy::Never => false,
         };
         if due {
@@ -618,12 +619,14 @@ impl Writer {
             p.shared.mark_closed();
         }
         self.closed = true;
-        while let Some(c) = self.try_next() {
+        // Close the queue: sends from now on fail with `Closed` at once instead of waiting
+        // for a writer that is gone; what was queued is refused.
+        let left = self.queue.close();
+        self.local.extend(left);
+        while let Some(c) = self.local.pop_front() {
+            self.took_one();
             Self::refuse(c);
         }
-        // Drop the queue's receiving end: sends from now on fail with `Closed` at once
-        // instead of waiting for a writer that is gone.
-        self.rx = crossbeam_channel::never();
         tracing::info!(backend = self.backend.name(), "log closed cleanly");
         result
     }
