@@ -147,11 +147,12 @@ fn run_axle(
             tasks.push(tokio::spawn(async move {
                 // Raw TSC ticks per append, scaled to time once the run is over.
                 let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
-                let mut i = a;
+                // Round-robin over the partitions without a division per append.
+                let mut i = a % parts.len();
                 let mut t = clock.raw();
                 while clock.delta_as_nanos(start_raw, t) < budget_ns {
-                    let p = &parts[i % parts.len()];
-                    i += 1;
+                    let p = &parts[i];
+                    i = if i + 1 == parts.len() { 0 } else { i + 1 };
                     p.append(&[Record::new(value.clone())]).await?;
                     let done = clock.raw();
                     lat.push(done.wrapping_sub(t));
