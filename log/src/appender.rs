@@ -2,7 +2,7 @@
 //! rolls, clean close and retention. Owned by the writer thread; never shared.
 //!
 //! Invariants:
-//! - Offsets are assigned only here, in channel order, with no gaps.
+//! - Offsets are assigned only here, in queue order, with no gaps.
 //! - `position` is the byte length written to the active segment; a failed write rolls
 //!   `next_offset` back and cuts the file at `position`, so a later round rewrites the place.
 //! - A partition poisoned by a failed `fdatasync` accepts no more appends.

@@ -74,7 +74,7 @@ pub struct Drive {
 }
 
 impl Drive {
-    /// Wraps `writer` (built over the receiving end of `tx`) and starts the writer thread.
+    /// Wraps `writer` (taking from `queue`) and starts the writer thread.
     pub fn start(
         queue: Arc<CommandQueue>,
         writer: Writer,

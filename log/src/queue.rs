@@ -85,7 +85,10 @@ impl CommandQueue {
     pub fn close(&self) -> VecDeque<Command> {
         let mut s = self.state.lock();
         s.closed = true;
-        std::mem::take(&mut s.items)
+        let left = std::mem::take(&mut s.items);
+        drop(s);
+        self.ready.notify_all();
+        left
     }
 }
 

@@ -158,27 +158,37 @@ impl<'a> Iterator for HeaderIter<'a> {
 /// `docs/benchmarks.md`) rather than from the system clock (30 ns). Each thread anchors the
 /// counter to the system clock and re-anchors at least once a second, so a step of the
 /// system clock shows within a second, and between anchors the error is the counter's drift
-/// against a slewing clock: at most NTP's 500 ppm, 0.5 ms. Where the counter is unusable,
-/// `quanta` reads the monotonic clock instead and this stays correct, only slower.
+/// against a slewing clock: at most NTP's 500 ppm, 0.5 ms. Within a thread it never goes back
+/// by less than a second (a re-anchor that lands behind the last value repeats it), and it is
+/// never below 0. Where the counter is unusable, `quanta` reads the monotonic clock instead
+/// and this stays correct, only slower.
 pub fn now_ms() -> i64 {
     use std::cell::Cell;
-    // (counter at the anchor, system time at the anchor in ns since the epoch); 0 = none.
+    // (counter at the anchor, system time at the anchor in ns since the epoch, last value
+    // returned); counter 0 = no anchor yet.
     thread_local! {
-        static ANCHOR: Cell<(u64, i64)> = const { Cell::new((0, 0)) };
+        static ANCHOR: Cell<(u64, i64, i64)> = const { Cell::new((0, 0, 0)) };
     }
     const REANCHOR_NS: u64 = 1_000_000_000;
     let clock = counter_clock();
     let raw = clock.raw();
     ANCHOR.with(|anchor| {
-        let (raw0, ns0) = anchor.get();
+        let (raw0, ns0, last) = anchor.get();
         // `delta_as_nanos` is 0 when the counter is not past the anchor.
         let since = clock.delta_as_nanos(raw0, raw);
-        if raw0 != 0 && since > 0 && since < REANCHOR_NS {
-            return (ns0 + since as i64).div_euclid(1_000_000);
-        }
-        let ns = system_ns();
-        anchor.set((raw, ns));
-        ns.div_euclid(1_000_000)
+        let ms = if raw0 != 0 && since > 0 && since < REANCHOR_NS {
+            (ns0 + since as i64).div_euclid(1_000_000)
+        } else {
+            let ns = system_ns();
+            let ms = ns.div_euclid(1_000_000);
+            anchor.set((raw, ns, last));
+            ms
+        };
+        // A re-anchor may land up to the drift behind the last value: never go back within a
+        // second (a larger step back is the system clock's own, and is followed).
+        let ms = if ms < last && last - ms < 1000 { last } else { ms.max(0) };
+        anchor.set((anchor.get().0, anchor.get().1, ms));
+        ms
     })
 }
 
@@ -210,6 +220,22 @@ mod tests {
             // The counter may drift from a slewing clock by at most 0.5 ms per second.
             assert!(t >= before - 2 && t <= after + 2, "{before} <= {t} <= {after}");
         }
+    }
+
+    #[test]
+    fn counter_time_is_re_anchored_after_a_second_and_never_goes_back() {
+        let mut last = now_ms();
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1300);
+        while std::time::Instant::now() < until {
+            let t = now_ms();
+            assert!(t >= last, "{t} after {last}");
+            last = t;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let now = now_ms();
+        assert!(now >= last);
+        let sys = system_ns().div_euclid(1_000_000);
+        assert!((now - sys).abs() <= 2, "{now} against the system clock's {sys}");
     }
 
     #[test]

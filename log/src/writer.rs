@@ -148,9 +148,11 @@ pub struct Writer {
 
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 
-/// Largest inline round (bytes) copied into one buffer before its write; larger rounds are
-/// written from their batches' own buffers.
-const GATHER_MAX: u64 = 256 << 10;
+/// Largest inline round (bytes) copied into one buffer before its write, and the largest
+/// mean batch (bytes) for which that pays: copying small batches costs less than the
+/// kernel's walk over one vector per batch; copying large ones costs more.
+const GATHER_MAX: u64 = 64 << 10;
+const GATHER_MAX_MEAN: u64 = 1024;
 
 impl Writer {
     /// Creates the writer and starts its flusher thread (with its own `flush_backend`).
@@ -238,10 +240,13 @@ impl Writer {
         }
     }
 
-    /// Takes the commands counted by [`Writer::took_one`] off `pending`. A leader does so at
-    /// the end of its round, before it steps down and reads `pending`, so a command it took
-    /// is never counted as left in the queue then; before that, the overcount only keeps
-    /// the writer thread from dozing during the round.
+    /// Takes the commands counted by [`Writer::took_one`] off `pending`. A round does so once
+    /// it has gathered, before it writes (so a long write does not look to the writer
+    /// thread's stall watch like appends left queued), and again at its end for commands
+    /// taken by its controls; a leader settles before it steps down and reads `pending`, so a
+    /// command it took is never counted as left in the queue then. Commands a round leaves
+    /// in `local` (it stopped at `max_round_bytes` or at a truncation) stay counted until a
+    /// later round takes them.
     fn settle(&mut self) {
         if self.taken > 0 {
             self.pending.fetch_sub(self.taken, SeqCst);
@@ -249,7 +254,8 @@ impl Writer {
         }
     }
 
-    /// The count of queued commands (see [`Writer::pending`]).
+    /// The count of queued commands, including those the running round took and has not
+    /// settled yet (see [`Writer::pending`]).
     pub fn pending(&self) -> Arc<AtomicUsize> {
         self.pending.clone()
     }
@@ -259,7 +265,12 @@ impl Writer {
         if self.local.is_empty() {
             self.queue.take_all(&mut self.local);
         }
-        let c = self.local.pop_front()?;
+        let Some(c) = self.local.pop_front() else {
+            // Nothing left: settle whatever a round that did not reach its end (a panic)
+            // left counted.
+            self.settle();
+            return None;
+        };
         self.took_one();
         Some(c)
     }
@@ -306,6 +317,7 @@ impl Writer {
                 None => break,
             }
         }
+        self.settle();
         if bytes > 0 {
             self.write_round();
             self.maybe_background_sync();
@@ -402,7 +414,7 @@ impl Writer {
         let cohort = p.round_acks.len();
         let started = Instant::now();
         let fd = p.active.file.as_raw_fd();
-        let result = if p.round_bufs.len() > 1 && round_bytes <= GATHER_MAX {
+        let result = if batches > 1 && round_bytes <= GATHER_MAX && round_bytes / batches <= GATHER_MAX_MEAN {
             // One vector instead of one per batch: copying 64 small batches here costs less
             // than the kernel's walk over 64 vectors (1-1.5 µs of a 48 µs `RWF_DSYNC` write
             // of 64 × 154 B measured on 2026-12-07).

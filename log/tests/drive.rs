@@ -130,3 +130,39 @@ fn an_append_whose_future_is_never_polled_is_still_written() {
     drop(unpolled);
     log.close().unwrap();
 }
+
+#[test]
+fn appends_a_round_leaves_queued_at_its_byte_limit_are_run_by_later_rounds() {
+    // Rounds of at most ~2 batches: every leader leaves most of the queue behind it, taken
+    // off the shared queue but not yet run, and steps down.
+    for backend in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), axle_log::LogConfig { max_round_bytes: 300, ..config(backend) });
+        let p = log.partition("p").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let offsets = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..16u64 {
+                let p = p.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for i in 0..20u64 {
+                        got.push(p.append(&[rec(t * 1000 + i)]).await.unwrap().base_offset);
+                    }
+                    got
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let set: BTreeSet<u64> = offsets.iter().copied().collect();
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), (0..16 * 20).collect::<Vec<_>>(), "{backend:?}");
+        let rounds = log.stats().rounds.load(std::sync::atomic::Ordering::Relaxed);
+        // Uncut, each round would carry all 16 appenders: about 20 rounds.
+        assert!(rounds >= 50, "{backend:?}: rounds were cut at the byte limit ({rounds} rounds)");
+        log.close().unwrap();
+    }
+}

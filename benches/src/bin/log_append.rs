@@ -145,7 +145,7 @@ fn run_axle(
             let value = value.clone();
             let clock = clock.clone();
             tasks.push(tokio::spawn(async move {
-                // Raw TSC ticks per append, scaled to time once the run is over.
+                // Nanoseconds per append.
                 let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
                 // Round-robin over the partitions without a division per append.
                 let mut i = a % parts.len();
@@ -155,7 +155,8 @@ fn run_axle(
                     i = if i + 1 == parts.len() { 0 } else { i + 1 };
                     p.append(&[Record::new(value.clone())]).await?;
                     let done = clock.raw();
-                    lat.push(done.wrapping_sub(t));
+                    // Nanoseconds; 0 if the counter read lower (another core's TSC).
+                    lat.push(clock.delta_as_nanos(t, done));
                     t = done;
                 }
                 Ok::<_, axle_log::LogError>(lat)
@@ -174,7 +175,7 @@ fn run_axle(
     let sync_ms = (stats.sync_micros.load(Relaxed) - s0) as f64 / 1e3 / fsyncs.max(1.0);
     log.close()?;
     let _ = std::fs::remove_dir_all(dir);
-    let mut lat: Vec<f64> = latencies.into_iter().map(|ticks| clock.delta_as_nanos(0, ticks) as f64 / 1e6).collect();
+    let mut lat: Vec<f64> = latencies.into_iter().map(|ns| ns as f64 / 1e6).collect();
     let n = lat.len().max(1) as f64;
     let cpu_us = if appender_threads <= 1 { ((cpu1.0 - cpu0.0) / n, (cpu1.1 - cpu0.1) / n) } else { (0.0, 0.0) };
     lat.sort_by(|a, b| a.total_cmp(b));
