@@ -19,30 +19,37 @@ fn one_partition(backend: IoBackendKind) -> (tempfile::TempDir, axle_log::Log, a
     (dir, log, p)
 }
 
-#[test]
-fn appenders_on_one_thread_share_syncs_and_get_every_offset_once() {
-    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let offsets = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for t in 0..32u64 {
-            let p = p.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut got = Vec::new();
-                for i in 0..40u64 {
-                    got.push(p.append(&[rec(t * 1000 + i)]).await.unwrap().base_offset);
-                }
-                got
-            }));
-        }
+/// Runs `tasks` appenders of `each` records on one current-thread runtime; returns every
+/// offset they were given, after checking that each appender's offsets go up.
+fn appenders_on_one_thread(p: &axle_log::Partition, tasks: u64, each: u64) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for i in 0..each {
+                        got.push(p.append(&[rec(t * 1000 + i)]).await.unwrap().base_offset);
+                    }
+                    got
+                })
+            })
+            .collect();
         let mut all = Vec::new();
-        for t in tasks {
-            let got = t.await.unwrap();
+        for h in handles {
+            let got = h.await.unwrap();
             assert!(got.windows(2).all(|w| w[0] < w[1]), "one appender's offsets go up");
             all.extend(got);
         }
         all
-    });
+    })
+}
+
+#[test]
+fn appenders_on_one_thread_share_syncs_and_get_every_offset_once() {
+    let (_dir, log, p) = one_partition(IoBackendKind::Pwrite);
+    let offsets = appenders_on_one_thread(&p, 32, 40);
     let set: BTreeSet<u64> = offsets.iter().copied().collect();
     assert_eq!(set.len(), 32 * 40);
     assert_eq!(set.iter().copied().collect::<Vec<_>>(), (0..32 * 40).collect::<Vec<_>>());
@@ -139,25 +146,7 @@ fn appends_a_round_leaves_queued_at_its_byte_limit_are_run_by_later_rounds() {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path(), axle_log::LogConfig { max_round_bytes: 300, ..config(backend) });
         let p = log.partition("p").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let offsets = rt.block_on(async {
-            let mut tasks = Vec::new();
-            for t in 0..16u64 {
-                let p = p.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    for i in 0..20u64 {
-                        got.push(p.append(&[rec(t * 1000 + i)]).await.unwrap().base_offset);
-                    }
-                    got
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap());
-            }
-            all
-        });
+        let offsets = appenders_on_one_thread(&p, 16, 20);
         let set: BTreeSet<u64> = offsets.iter().copied().collect();
         assert_eq!(set.iter().copied().collect::<Vec<_>>(), (0..16 * 20).collect::<Vec<_>>(), "{backend:?}");
         let rounds = log.stats().rounds.load(std::sync::atomic::Ordering::Relaxed);
