@@ -1,9 +1,10 @@
-//! Durability under SIGKILL: a child process appends from several tasks with
-//! `fsync = always` and prints every acknowledged record; the parent kills it at a random
+//! Durability under SIGKILL: a child process appends from several tasks to two partitions
+//! with `fsync = always` and prints every acknowledged record; the parent kills it at a random
 //! moment, recovers the log itself, and checks that every acknowledged record is there, byte
 //! for byte, with no gap in the offsets. The same directory is reused across iterations, so
 //! each recovery runs on top of the previous ones, and segments are small so that kills land
-//! during segment rolls too.
+//! during segment rolls too. The child runs each write path in turn: io_uring, `pwrite`,
+//! and `auto`, whose leaders sync a round spanning both partitions on their own thread.
 //!
 //! The child is this test binary itself, running the `#[ignore]`d test [`CHILD`] with
 //! [`ENV_DIR`] set; without that variable the child test does nothing.
@@ -26,7 +27,10 @@ const CHILD: &str = "crash_child_appends_until_killed";
 const ENV_DIR: &str = "AXLE_CRASH_CHILD_DIR";
 const ENV_BACKEND: &str = "AXLE_CRASH_CHILD_BACKEND";
 const ENV_SEED: &str = "AXLE_CRASH_CHILD_SEED";
-const P: &str = "p";
+/// The partitions; task `t` appends to `PARTS[t % 2]`, so rounds span both.
+const PARTS: [&str; 2] = ["p", "q"];
+/// Write paths the child and the recovering parent take in turn.
+const PATHS: [IoBackendKind; 3] = [IoBackendKind::IoUring, IoBackendKind::Pwrite, IoBackendKind::Auto];
 const ITERATIONS: usize = 50;
 const TASKS: u64 = 4;
 
@@ -38,6 +42,7 @@ fn crash_config(backend: IoBackendKind) -> LogConfig {
 fn backend_name(b: IoBackendKind) -> &'static str {
     match b {
         IoBackendKind::IoUring => "io_uring",
+        IoBackendKind::Auto => "auto",
         _ => "pwrite",
     }
 }
@@ -88,7 +93,7 @@ fn random_record(rng: &mut impl Rng, tag: &str) -> Record {
     r
 }
 
-/// The child: appends until killed, printing `ACK <offset> <digest>` for every record of
+/// The child: appends until killed, printing `ACK <partition> <offset> <digest>` for every record of
 /// every acknowledged append, after the acknowledgement, one flushed line each.
 #[test]
 #[ignore = "child process of acknowledged_records_survive_sigkill_at_random_moments"]
@@ -98,18 +103,20 @@ fn crash_child_appends_until_killed() {
     };
     let backend = match std::env::var(ENV_BACKEND).as_deref() {
         Ok("io_uring") => IoBackendKind::IoUring,
+        Ok("auto") => IoBackendKind::Auto,
         _ => IoBackendKind::Pwrite,
     };
     let seed: u64 = std::env::var(ENV_SEED).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let log = Log::open(&dir, crash_config(backend)).expect("child opens the log");
-        let p = log.partition(P).expect("child opens the partition");
+        let parts: Vec<_> = PARTS.iter().map(|name| log.partition(name).expect("child opens the partition")).collect();
         // A safety net should the parent die without killing us: stop after a while.
         let stop_at = Instant::now() + Duration::from_secs(30);
         let tasks: Vec<_> = (0..TASKS)
             .map(|t| {
-                let p = p.clone();
+                let part = (t % PARTS.len() as u64) as usize;
+                let p = parts[part].clone();
                 tokio::spawn(async move {
                     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (t << 56));
                     let mut seq = 0u64;
@@ -127,7 +134,7 @@ fn crash_child_appends_until_killed() {
                         };
                         let mut lines = String::new();
                         for (k, r) in batch.iter().enumerate() {
-                            lines.push_str(&format!("ACK {} {}\n", a.base_offset + k as u64, digest_record(r)));
+                            lines.push_str(&format!("ACK {part} {} {}\n", a.base_offset + k as u64, digest_record(r)));
                         }
                         let mut out = std::io::stdout().lock();
                         if out.write_all(lines.as_bytes()).and_then(|()| out.flush()).is_err() {
@@ -146,25 +153,26 @@ fn crash_child_appends_until_killed() {
 
 /// One line of the child's stdout. libtest may print its own text on the same line before
 /// ours, so the marker is searched for.
-fn parse_line(line: &str, acked: &mut Vec<(u64, u64)>) {
+fn parse_line(line: &str, acked: &mut Vec<(usize, u64, u64)>) {
     if let Some(i) = line.find("APPEND-ERROR") {
         panic!("the child's append failed: {}", &line[i..]);
     }
     let Some(i) = line.find("ACK ") else {
         return;
     };
-    let mut parts = line[i + 4..].split_whitespace();
-    let offset = parts.next().and_then(|s| s.parse().ok());
-    let hash = parts.next().and_then(|s| s.parse().ok());
-    match (offset, hash) {
-        (Some(o), Some(h)) => acked.push((o, h)),
+    let mut fields = line[i + 4..].split_whitespace();
+    let part = fields.next().and_then(|s| s.parse().ok()).filter(|p: &usize| *p < PARTS.len());
+    let offset = fields.next().and_then(|s| s.parse().ok());
+    let hash = fields.next().and_then(|s| s.parse().ok());
+    match (part, offset, hash) {
+        (Some(p), Some(o), Some(h)) => acked.push((p, o, h)),
         _ => panic!("unparsable line from the child: {line:?}"),
     }
 }
 
 /// Runs the child on `dir` and SIGKILLs it `delay` after its first acknowledgement. Returns
-/// every (offset, digest) it acknowledged.
-fn run_and_kill(dir: &Path, backend: IoBackendKind, seed: u64, delay: Duration) -> Vec<(u64, u64)> {
+/// every (partition index, offset, digest) it acknowledged.
+fn run_and_kill(dir: &Path, backend: IoBackendKind, seed: u64, delay: Duration) -> Vec<(usize, u64, u64)> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args(["--exact", CHILD, "--nocapture", "--ignored", "--test-threads=1"])
@@ -244,21 +252,25 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
     eprintln!("AXLE_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    // Every record ever acknowledged, or seen by a reader after a recovery: offset -> digest.
-    let mut known: BTreeMap<u64, u64> = BTreeMap::new();
+    // Per partition, every record ever acknowledged, or seen by a reader after a recovery:
+    // offset -> digest.
+    let mut known: Vec<BTreeMap<u64, u64>> = PARTS.iter().map(|_| BTreeMap::new()).collect();
     let mut acked_total = 0usize;
     let mut torn_tails = 0usize;
     for iteration in 0..ITERATIONS {
-        let child_backend = BACKENDS[iteration % 2];
-        let parent_backend = BACKENDS[(iteration / 2) % 2];
+        let child_backend = PATHS[iteration % PATHS.len()];
+        let parent_backend = PATHS[(iteration / PATHS.len()) % PATHS.len()];
         let delay = Duration::from_millis(rng.random_range(20..=300));
         let ctx = format!("seed {seed} iteration {iteration} (child {child_backend:?}, kill after {delay:?})");
         let acked = run_and_kill(dir.path(), child_backend, rng.random(), delay);
         assert!(!acked.is_empty(), "{ctx}");
         acked_total += acked.len();
-        for (offset, hash) in &acked {
-            if let Some(old) = known.insert(*offset, *hash) {
-                panic!("{ctx}: offset {offset} acknowledged again (digest {old} before, {hash} now)");
+        for (part, offset, hash) in &acked {
+            if let Some(old) = known[*part].insert(*offset, *hash) {
+                panic!(
+                    "{ctx}: offset {offset} of {} acknowledged again (digest {old} before, {hash} now)",
+                    PARTS[*part]
+                );
             }
         }
 
@@ -268,44 +280,49 @@ fn acknowledged_records_survive_sigkill_at_random_moments() {
         }
         let log = Log::open(dir.path(), crash_config(parent_backend))
             .unwrap_or_else(|e| panic!("{ctx}: recovery after SIGKILL failed: {e}"));
-        let report = log.recovery_report(P).unwrap();
-        assert!(!report.clean && report.segments_removed == 0, "{ctx}: {report:?}");
-        torn_tails += usize::from(report.bytes_truncated > 0);
-        let p = log.partition(P).unwrap();
-        let b = p.bounds();
-        assert_eq!(b.log_start, 0, "{ctx}");
-        let last_known = *known.keys().next_back().unwrap();
-        assert!(b.end > last_known, "{ctx}: end {} but offset {last_known} was acknowledged", b.end);
-        // Every offset from the start, with no gap; every acknowledged one with its bytes.
-        let mut next = 0u64;
-        while next < b.end {
-            let got = p.read(next, 5000, usize::MAX).unwrap_or_else(|e| panic!("{ctx}: read at {next}: {e}"));
-            assert!(!got.is_empty(), "{ctx}: nothing readable at {next} below end {}", b.end);
-            for r in &got {
-                assert_eq!(r.offset, next, "{ctx}: offsets must be contiguous");
-                let d = digest_stored(r);
-                match known.get(&r.offset) {
-                    Some(want) => assert_eq!(d, *want, "{ctx}: record {} changed", r.offset),
-                    // Written but not acknowledged before the kill: kept from now on.
-                    None => {
-                        known.insert(r.offset, d);
-                    }
-                }
-                next += 1;
+        for (part, name) in PARTS.iter().enumerate() {
+            let known = &mut known[part];
+            let ctx = format!("{ctx}, partition {name}");
+            let report = log.recovery_report(name).unwrap();
+            assert!(!report.clean && report.segments_removed == 0, "{ctx}: {report:?}");
+            torn_tails += usize::from(report.bytes_truncated > 0);
+            let p = log.partition(name).unwrap();
+            let b = p.bounds();
+            assert_eq!(b.log_start, 0, "{ctx}");
+            if let Some(last_known) = known.keys().next_back() {
+                assert!(b.end > *last_known, "{ctx}: end {} but offset {last_known} was acknowledged", b.end);
             }
+            // Every offset from the start, with no gap; every acknowledged one with its bytes.
+            let mut next = 0u64;
+            while next < b.end {
+                let got = p.read(next, 5000, usize::MAX).unwrap_or_else(|e| panic!("{ctx}: read at {next}: {e}"));
+                assert!(!got.is_empty(), "{ctx}: nothing readable at {next} below end {}", b.end);
+                for r in &got {
+                    assert_eq!(r.offset, next, "{ctx}: offsets must be contiguous");
+                    let d = digest_stored(r);
+                    match known.get(&r.offset) {
+                        Some(want) => assert_eq!(d, *want, "{ctx}: record {} changed", r.offset),
+                        // Written but not acknowledged before the kill: kept from now on.
+                        None => {
+                            known.insert(r.offset, d);
+                        }
+                    }
+                    next += 1;
+                }
+            }
+            assert_eq!(known.len() as u64, b.end, "{ctx}: known records beyond the end");
+            // The partition takes appends right after what survived.
+            let r = random_record(&mut rng, &format!("parent-{iteration}"));
+            let a = p.append_blocking(std::slice::from_ref(&r)).unwrap_or_else(|e| panic!("{ctx}: append: {e}"));
+            assert_eq!(a.base_offset, b.end, "{ctx}");
+            known.insert(a.base_offset, digest_record(&r));
         }
-        assert_eq!(known.len() as u64, b.end, "{ctx}: known records beyond the end");
-        // The partition takes appends right after what survived.
-        let r = random_record(&mut rng, &format!("parent-{iteration}"));
-        let a = p.append_blocking(std::slice::from_ref(&r)).unwrap_or_else(|e| panic!("{ctx}: append: {e}"));
-        assert_eq!(a.base_offset, b.end, "{ctx}");
-        known.insert(a.base_offset, digest_record(&r));
         log.close().unwrap_or_else(|e| panic!("{ctx}: close: {e}"));
     }
-    let segments = segment_files(dir.path(), P).len();
+    let segments: usize = PARTS.iter().map(|name| segment_files(dir.path(), name).len()).sum();
+    let in_log: usize = known.iter().map(BTreeMap::len).sum();
     eprintln!(
-        "{acked_total} acknowledged records, {} in the log, {segments} segments, {torn_tails} torn tails cut",
-        known.len()
+        "{acked_total} acknowledged records, {in_log} in the log, {segments} segments, {torn_tails} torn tails cut"
     );
-    assert!(segments >= 3, "segments should roll while the child is killed: only {segments}");
+    assert!(segments >= 4, "segments should roll while the child is killed: only {segments} in both partitions");
 }
