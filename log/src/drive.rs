@@ -7,9 +7,8 @@
 //! append finds no *leader* becomes it: it yields its task once, and, if the last round was
 //! synced inline, while the cohort that round acknowledged re-appends (see
 //! [`Writer::cohort_wait`]); then it runs the round on its own thread: it writes and syncs
-//! with one `pwritev2(RWF_DSYNC)` and acknowledges (a round spanning partitions is written
-//! with `pwritev` and its files synced at once through io_uring, still on its thread, or,
-//! without io_uring, handed to the flusher). Acknowledgements and re-appends then stay on
+//! with one `pwritev2(RWF_DSYNC)` and acknowledges (or, for a round spanning partitions,
+//! hands it to the flusher). Acknowledgements and re-appends then stay on
 //! the appenders' threads; with a writer thread in between, every round paid two
 //! cross-thread wake-ups (tens of microseconds each on a VM, as long as the sync itself;
 //! `docs/decisions.md`). This is the leader of a group commit as in RocksDB's write thread

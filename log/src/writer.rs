@@ -11,10 +11,6 @@
 //!   write, the sync and the acknowledgements. Appends arriving meanwhile queue up and form
 //!   the next round (group commit); its leader first waits a little for the cohort the
 //!   last inline round acknowledged ([`Cohort`], [`Writer::cohort_wait`]);
-//! - `always`, several partitions in the round, the flusher idle, and the flusher's syncs on
-//!   io_uring (`io_backend = auto`): write each partition with `pwritev`, then sync every
-//!   file at once through io_uring on this thread ([`Writer::sync_here`]), publish and
-//!   acknowledge: the same steps as the flusher's, without its hand-offs;
 //! - `always` otherwise: hand the round to the flusher, which syncs, publishes and
 //!   acknowledges;
 //! - otherwise: publish and acknowledge now, and hand the flusher a sync when the interval
@@ -148,10 +144,6 @@ pub struct Writer {
     taken: usize,
     /// Reused buffer an inline round's batches are copied into (at most [`GATHER_MAX`]).
     gather: Vec<u8>,
-    /// Where appenders lead rounds and io_uring is usable: the ring an `always` round that
-    /// spans partitions syncs its files through, in parallel, on the leader's own thread
-    /// ([`Writer::sync_here`]); `None` hands such rounds to the flusher.
-    sync_ring: Option<crate::io::UringBackend>,
 }
 
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
@@ -173,7 +165,6 @@ impl Writer {
         stats: Arc<WriterStats>,
     ) -> std::io::Result<Self> {
         let (tx, frx) = crossbeam_channel::unbounded();
-        let flusher_on_uring = flush_backend.name() == "io_uring";
         let fstats = stats.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let f_in_flight = in_flight.clone();
@@ -182,10 +173,6 @@ impl Writer {
             .spawn(move || crate::flusher::run(frx, flush_backend, fstats, f_in_flight))?;
         let inline = backend.name() == crate::io::PwriteBackend.name();
         let appenders_lead = inline && cfg.fsync == FsyncPolicy::Always;
-        // The flusher syncs through io_uring (`io_backend = auto`): so may a leader. With
-        // `pwrite` chosen, io_uring stays unused and such rounds go to the flusher.
-        let sync_ring =
-            (appenders_lead && flusher_on_uring).then(crate::io::UringBackend::probe).and_then(std::result::Result::ok);
         Ok(Writer {
             queue,
             local: VecDeque::new(),
@@ -207,7 +194,6 @@ impl Writer {
             closed: false,
             taken: 0,
             gather: Vec::new(),
-            sync_ring,
         })
     }
 
@@ -485,7 +471,6 @@ impl Writer {
             }
         }
         let always = self.cfg.fsync == FsyncPolicy::Always;
-        let sync_here = always && self.sync_ring.is_some() && self.inline_possible();
         if always {
             for p in self.parts.iter_mut().filter(|p| !p.round_bufs.is_empty()) {
                 p.zero_ahead(self.cfg.segment_bytes);
@@ -535,54 +520,7 @@ impl Writer {
         if !job.items.is_empty() {
             self.last_sync = Instant::now();
             self.unsynced_bytes = 0;
-            if sync_here {
-                self.sync_here(job);
-            } else {
-                self.send_job(job);
-            }
-        }
-    }
-
-    /// Syncs an `always` round that spans partitions on this thread: one `fdatasync` per
-    /// file, all in flight at once through io_uring, then publishes and acknowledges, as
-    /// the flusher would. Taken only while no flusher job is in flight, so acknowledgements
-    /// stay in order. Run by a leading appender, the acknowledged appenders then re-append
-    /// on its thread instead of being woken from the flusher's.
-    fn sync_here(&mut self, job: SyncJob) {
-        let Some(ring) = self.sync_ring.as_mut() else {
-            return self.send_job(job);
-        };
-        let ops: Vec<WriteOp<'_>> = job
-            .items
-            .iter()
-            .map(|it| WriteOp {
-                fd: it.segment.file.as_raw_fd(),
-                pos: 0,
-                bufs: &[],
-                sync: true,
-                sync_len: it.len.max(1),
-            })
-            .collect();
-        let cohort: usize = job.items.iter().map(|it| it.acks.len()).sum();
-        let started = Instant::now();
-        let results = ring.submit(&ops);
-        let took = started.elapsed();
-        drop(ops);
-        self.stats.fsyncs.fetch_add(job.items.len() as u64, Relaxed);
-        self.stats.sync_micros.fetch_add(took.as_micros() as u64, Relaxed);
-        self.stats.sync_latency.observe(took);
-        self.cohort.synced(took);
-        self.cohort.gathered(cohort);
-        self.last_inline = true;
-        for (item, r) in job.items.into_iter().zip(results) {
-            let failure = match (r.write, r.sync) {
-                (Err(e), _) | (Ok(()), Some(Err(e))) => Some(e.to_string()),
-                _ => None,
-            };
-            let _ = crate::flusher::finish_item(item, failure.as_deref());
-        }
-        if let Some(done) = job.done {
-            let _ = done.send(Ok(()));
+            self.send_job(job);
         }
     }
 

@@ -4,7 +4,8 @@
 //! for byte, with no gap in the offsets. The same directory is reused across iterations, so
 //! each recovery runs on top of the previous ones, and segments are small so that kills land
 //! during segment rolls too. The child runs each write path in turn: io_uring, `pwrite`,
-//! and `auto`, whose leaders sync a round spanning both partitions on their own thread.
+//! and `auto` (`pwritev` writes; a round of one partition synced inline by its leader, a
+//! round spanning both synced by the flusher through io_uring).
 //!
 //! The child is this test binary itself, running the `#[ignore]`d test [`CHILD`] with
 //! [`ENV_DIR`] set; without that variable the child test does nothing.

@@ -158,7 +158,8 @@ fn appends_a_round_leaves_queued_at_its_byte_limit_are_run_by_later_rounds() {
 
 #[test]
 fn a_round_spanning_partitions_is_acknowledged_in_order_and_survives_reopen() {
-    // `auto`: a leader syncs a round over both partitions itself, through io_uring.
+    // `auto`: rounds of one partition are synced inline by their leader, rounds over both
+    // by the flusher; acknowledgements must come in order either way.
     let dir = tempfile::tempdir().unwrap();
     let names = ["p", "q"];
     let per_task = 50u64;
