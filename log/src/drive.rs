@@ -34,11 +34,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-
-use crate::queue::CommandQueue;
 use parking_lot::Mutex;
 
 use crate::error::{LogError, Result};
+use crate::queue::CommandQueue;
 use crate::writer::{Command, Writer};
 
 /// How often the writer thread looks at retention when appenders run the rounds.

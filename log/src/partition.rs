@@ -201,7 +201,8 @@ impl PartitionShared {
 
     /// Marks the partition failed (first reason wins).
     pub fn poison(&self, reason: String) {
-        if let Some(reason) = self.poisoned.set(reason).ok().and(self.poisoned.get()) {
+        if self.poisoned.set(reason).is_ok() {
+            let reason = self.poisoned.get().map_or("", String::as_str);
             tracing::error!(partition = %self.name, %reason, "the partition refuses further writes");
         }
     }

@@ -173,21 +173,20 @@ pub fn now_ms() -> i64 {
     let clock = counter_clock();
     let raw = clock.raw();
     ANCHOR.with(|anchor| {
-        let (raw0, ns0, last) = anchor.get();
+        let (mut raw0, mut ns0, last) = anchor.get();
         // `delta_as_nanos` is 0 when the counter is not past the anchor.
         let since = clock.delta_as_nanos(raw0, raw);
-        let ms = if raw0 != 0 && since > 0 && since < REANCHOR_NS {
-            (ns0 + since as i64).div_euclid(1_000_000)
+        let ns = if raw0 != 0 && since > 0 && since < REANCHOR_NS {
+            ns0 + since as i64
         } else {
-            let ns = system_ns();
-            let ms = ns.div_euclid(1_000_000);
-            anchor.set((raw, ns, last));
-            ms
+            (raw0, ns0) = (raw, system_ns());
+            ns0
         };
+        let ms = ns.div_euclid(1_000_000);
         // A re-anchor may land up to the drift behind the last value: never go back within a
         // second (a larger step back is the system clock's own, and is followed).
         let ms = if ms < last && last - ms < 1000 { last } else { ms.max(0) };
-        anchor.set((anchor.get().0, anchor.get().1, ms));
+        anchor.set((raw0, ns0, ms));
         ms
     })
 }

@@ -21,14 +21,13 @@
 //! The inline path is taken only while no flusher job is in flight, so acknowledgements and
 //! published ends still move forward in order.
 
+use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use crossbeam_channel::Sender;
 use tokio::sync::oneshot;
@@ -212,8 +211,8 @@ impl Writer {
         }
     }
 
-    /// Runs until shutdown: the writer thread's loop when the
-    /// writer thread runs every round (see [`crate::drive`] for when appenders do).
+    /// Runs until shutdown: the writer thread's loop when the writer thread runs every round
+    /// (see [`crate::drive`] for when appenders do).
     pub fn run(&mut self) {
         loop {
             let deadline = match self.cfg.fsync {
